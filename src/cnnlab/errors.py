@@ -1,0 +1,39 @@
+"""Errors users can act on.
+
+Every problem caused by input (a file, a flag, a config key) is raised as a `CnnlabError`
+subclass with one line that says what is wrong, where, and how to fix it. The CLI prints that
+line and exits with `exit_code` (2 for usage/input errors) instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class CnnlabError(Exception):
+    """Base class: a one-line, user-facing message and an exit code."""
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:  # keep the message exactly as written
+        return self.message
+
+
+class DataError(CnnlabError):
+    """A dataset, file or label problem (names the file, line/column and the fix)."""
+
+
+class ConfigError(CnnlabError):
+    """A wrong option, config key or value."""
+
+
+class ModelError(CnnlabError):
+    """An unknown model, a bad model file or an architecture/input mismatch."""
+
+
+class TrainingError(CnnlabError):
+    """Training cannot continue (e.g. non-finite loss); exit code 1, the checkpoint stays."""
+
+    exit_code = 1
