@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
-	$(BIN)/cnnlab train --data builtin:shapes --model seed_cnn --epochs 5 --batch-size 64 --out runs/demo --overwrite
+	$(BIN)/cnnlab train --data builtin:digits --model seed_cnn --epochs 10 --batch-size 64 --out runs/demo --overwrite
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,182 @@
+"""The Python API; it mirrors the CLI (each CLI subcommand calls one of these).
+
+    ds = cnnlab.load_dataset("data/")
+    model = cnnlab.create_model("seed_cnn", ds)
+    run = cnnlab.train(model, ds, epochs=5, batch_size=64)
+    cnnlab.evaluate(run, ds)
+    cnnlab.predict(run, "cat.jpg")
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch.nn as nn
+
+from cnnlab import models
+from cnnlab.config import TrainConfig, config_from_dict
+from cnnlab.data.dataset import Dataset
+from cnnlab.data.sources import load_dataset as _load_dataset
+from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.inference import evaluate_arrays
+from cnnlab.engine.predictor import Classifier, expand_image_paths
+from cnnlab.engine.run_dir import read_run_json
+from cnnlab.engine.trainer import TrainResult, fit
+from cnnlab.errors import CnnlabError, DataError, ModelError
+
+DATA_KEYS = ("image_size", "image_shape", "channels", "classes", "val_split", "seed", "max_bad_fraction")
+
+
+def load_dataset(spec: str | Path, **options: Any) -> Dataset:
+    """Load a dataset (folder, seed CSV folder, .npz or builtin:NAME); see cnnlab.data.sources."""
+    t0 = time.perf_counter()
+    ds = _load_dataset(spec, **options)
+    ds.load_seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
+    return ds
+
+
+def create_model(name: str, data: Dataset | None = None, *, num_classes: int | None = None, in_channels: int | None = None,
+                 image_size: int | tuple[int, int] | None = None, seed: int | None = None, **model_args: Any) -> nn.Module:
+    """Build a registered model, sized for `data` (classes, channels, image size) unless given explicitly.
+
+    `seed` makes the initial weights reproducible (training by name seeds them with the run's seed).
+    """
+    if seed is not None:
+        import torch
+
+        torch.manual_seed(seed)
+    if data is not None:
+        h, w, c = data.image_shape
+        num_classes = num_classes or data.num_classes
+        in_channels = in_channels or c
+        image_size = image_size or (h, w)
+    if num_classes is None:
+        raise ModelError("create_model needs a dataset or num_classes")
+    return models.create_model(name, num_classes, in_channels or 3, image_size or (100, 100), **model_args)
+
+
+def list_models() -> list[str]:
+    return models.list_models()
+
+
+def config_for(model: nn.Module | str, data: Dataset | str, base: TrainConfig | None = None, **overrides: Any) -> TrainConfig:
+    """The resolved TrainConfig for a model + dataset + keyword overrides."""
+    values: dict[str, Any] = {}
+    if isinstance(data, Dataset):
+        values["data"] = data.spec
+        values.update({k: v for k, v in data.load_options.items() if k in DATA_KEYS})
+    else:
+        values["data"] = str(data)
+    if isinstance(model, nn.Module):
+        values["model"] = getattr(model, "cnnlab_name", type(model).__name__)
+        values["model_args"] = dict(getattr(model, "cnnlab_args", {}))
+    elif model is not None:
+        values["model"] = model
+    values.update(overrides)
+    return config_from_dict(values, base=base, source="train()").validate()
+
+
+def dataset_for_config(cfg: TrainConfig) -> Dataset:
+    opts = {k: getattr(cfg, k) for k in DATA_KEYS}
+    return load_dataset(cfg.data, **opts)
+
+
+def train(model: nn.Module | str | None = None, data: Dataset | str | None = None, *, config: TrainConfig | None = None,
+          out: str | Path | None = None, overwrite: bool = False, resume: str | Path | None = None, quiet: bool = False,
+          **overrides: Any) -> TrainResult:
+    """Train and write a run folder. `model` is a module or registry name; `data` a Dataset or SPEC."""
+    if resume is not None:
+        return _resume(resume, quiet)
+    cfg = config_for(model if model is not None else (config.model if config else "seed_cnn"),
+                     data if data is not None else (config.data if config else ""), base=config, **overrides)
+    ds = data if isinstance(data, Dataset) else dataset_for_config(cfg)
+    if not isinstance(model, nn.Module):
+        model = create_model(cfg.model, ds, seed=cfg.seed, **cfg.model_args)
+    _check_model_fits(model, ds)
+    return fit(model, ds, cfg, out, overwrite=overwrite, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None))
+
+
+def _check_model_fits(model: nn.Module, ds: Dataset) -> None:
+    import torch
+
+    h, w, c = ds.image_shape
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, c, h, w))
+    except RuntimeError as e:
+        raise ModelError(f"model does not accept {h}x{w}x{c} images from {ds.spec} ({str(e).splitlines()[0][:120]}) — build it with create_model(name, dataset)") from None
+    finally:
+        model.train()
+    expected = 1 if ds.num_classes == 2 else ds.num_classes
+    if out.shape[1] not in (expected, ds.num_classes):
+        raise ModelError(f"model has {out.shape[1]} outputs but the dataset has {ds.num_classes} classes — build it with create_model(name, dataset)")
+
+
+def _resume(run_dir: str | Path, quiet: bool) -> TrainResult:
+    run_dir = Path(run_dir)
+    if read_run_json(run_dir).get("status") == "completed":
+        raise CnnlabError(f"{run_dir}: this run already completed — start a new run instead of --resume")
+    state = load_checkpoint(run_dir)
+    cfg = config_from_dict(state["config"], source=str(run_dir / "last.ckpt")).validate()
+    ds = dataset_for_config(cfg)
+    model = create_model(cfg.model, ds, **cfg.model_args)
+    return fit(model, ds, cfg, resume_state=state, resume_dir=run_dir, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None))
+
+
+def load(run_or_model: str | Path | TrainResult, device: str = "cpu") -> Classifier:
+    """Load a trained classifier from a run folder or model file."""
+    if isinstance(run_or_model, Classifier):
+        return run_or_model
+    if isinstance(run_or_model, TrainResult):
+        return Classifier(run_or_model.model, run_or_model.meta, next(run_or_model.model.parameters()).device, run_or_model.run_dir)
+    return Classifier.load(run_or_model, device)
+
+
+def dataset_for_model(clf: Classifier, data: Dataset | str) -> Dataset:
+    """Load `data` the way the model saw its training data (size, channels, classes, split seed)."""
+    if isinstance(data, Dataset):
+        ds = data
+    else:
+        cfg = dict(clf.meta.get("config") or {})
+        c, h, w = clf.input_shape
+        opts = {k: cfg[k] for k in ("image_shape", "val_split", "seed", "max_bad_fraction") if cfg.get(k) is not None}
+        opts["classes"] = cfg.get("classes")
+        ds = load_dataset(data, image_size=h if h == w else None, channels=c, **opts)
+    c, h, w = clf.input_shape
+    if tuple(ds.image_shape) != (h, w, c):
+        raise DataError(f"{ds.spec}: images are {ds.image_shape[0]}x{ds.image_shape[1]}x{ds.image_shape[2]} but the model expects {h}x{w}x{c}")
+    if list(ds.class_names) != clf.class_names:
+        raise DataError(f"{ds.spec}: classes {ds.class_names} differ from the model's {clf.class_names} — evaluate on data with the same classes")
+    return ds
+
+
+def evaluate(run: str | Path | TrainResult | Classifier, data: Dataset | str, split: str | None = None, batch_size: int = 256) -> dict:
+    """Loss and accuracy on a split (default: test when present, else val, else train)."""
+    clf = load(run)
+    ds = dataset_for_model(clf, data)
+    split = split or ds.default_eval_split()
+    s = ds.split(split)
+    ev = evaluate_arrays(clf.model, s.x, s.y, clf.meta["normalization"], clf.device, "fp32", batch_size)
+    return {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": split}
+
+
+def predict(run: str | Path | TrainResult | Classifier, inputs: str | Path | np.ndarray | list, top_k: int = 5) -> list[dict] | dict:
+    """Predict image files/folders (a list of results) or one file / image array (one result)."""
+    clf = load(run)
+    if isinstance(inputs, np.ndarray):
+        x = inputs if inputs.ndim == 4 else inputs[None]
+        if x.ndim == 4 and x.shape[-1] not in (1, 3):
+            raise DataError(f"image array has shape {inputs.shape} — expected (H, W, C) or (N, H, W, C) uint8")
+        res = [clf.describe(p, top_k) for p in clf.predict_proba(x)]
+        return res if inputs.ndim == 4 else res[0]
+    single = isinstance(inputs, (str, Path)) and Path(inputs).is_file()
+    paths = expand_image_paths([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
+    results = clf.predict_files(paths, top_k)
+    if single:
+        if "error" in results[0]:
+            raise DataError(results[0]["error"])
+        return results[0]
+    return results

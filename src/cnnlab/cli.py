@@ -1,0 +1,314 @@
+"""Command-line interface: parse, call the API, print. No logic of its own.
+
+Every input problem ends as one line on stderr and exit code 2; interruption as exit 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import CnnlabError, ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help (exit 2)."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"error: {message} — see `{self.prog} --help`\n")
+
+
+def _floats_or_ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not H,W,C (e.g. 100,100,3)") from None
+
+
+def _names(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    if len(names) < 2:
+        raise argparse.ArgumentTypeError(f"{text!r} needs at least two comma-separated class names, e.g. cat,dog")
+    return names
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. width=48)")
+    return key.strip(), yaml.safe_load(value)
+
+
+def _add_data_options(p: argparse.ArgumentParser, defaults: bool = False) -> None:
+    d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="SPEC", default=d(None), help="dataset folder, seed CSV folder, .npz or builtin:shapes / builtin:digits")
+    g.add_argument("--image-size", type=int, metavar="N", default=d(None), help="resize images to N x N")
+    g.add_argument("--image-shape", type=_floats_or_ints, metavar="H,W,C", default=d(None), help="shape of one seed-CSV row (default: inferred square)")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=d(None), help="3 = RGB, 1 = greyscale")
+    g.add_argument("--classes", type=_names, metavar="A,B,...", default=d(None), help="class names for numeric labels")
+    g.add_argument("--val-split", type=float, metavar="F", default=d(None), help="fraction of train held out for validation (default 0.1)")
+    g.add_argument("--max-bad-fraction", type=float, metavar="F", default=d(None), help="skip unreadable images up to this fraction (default 0.01)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cnnlab import __version__
+
+    parser = _Parser(prog="cnnlab", description="Learn, experiment with and deploy CNN image classifiers.")
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model and write a run folder")
+    _add_data_options(p)
+    S = argparse.SUPPRESS  # unset flags stay unset, so --config values are not overwritten by defaults
+    p.add_argument("--model", default=S, help="registry name (see `cnnlab models`), default seed_cnn")
+    p.add_argument("--model-arg", type=_key_value, action="append", default=S, metavar="KEY=VALUE", dest="model_args")
+    p.add_argument("--epochs", type=int, default=S)
+    p.add_argument("--batch-size", type=int, default=S)
+    p.add_argument("--lr", type=float, default=S, help="learning rate (default 0.001)")
+    p.add_argument("--weight-decay", type=float, default=S)
+    p.add_argument("--seed", type=int, default=S)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=S)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S)
+    p.add_argument("--deterministic", action="store_true", default=S)
+    p.add_argument("--config", metavar="FILE.yaml", help="start from a config file (e.g. RUN/config.yaml); flags override it")
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/train, runs/train2, ...)")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.ckpt")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("evaluate", help="loss and accuracy of a trained model on a dataset split")
+    p.add_argument("run", metavar="MODEL|RUN_DIR")
+    _add_data_options(p, defaults=True)
+    p.add_argument("--split", choices=("test", "val", "train"), help="default: test when present, else val")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("predict", help="predict image files/folders, or a random test image with --data --random")
+    p.add_argument("run", metavar="MODEL|RUN_DIR")
+    p.add_argument("paths", nargs="*", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    _add_data_options(p, defaults=True)
+    p.add_argument("--random", action="store_true", help="with --data: predict a random image and save a PNG with prediction and truth")
+    p.add_argument("--split", choices=("test", "val", "train"))
+    p.add_argument("--seed", type=int, help="pick the random image reproducibly")
+    p.add_argument("--out", metavar="FILE.png")
+
+    p = sub.add_parser("show", help="save a PNG of a random training image (or a grid) with labels")
+    _add_data_options(p, defaults=True)
+    p.add_argument("--random", action="store_true", help="one random image (the default)")
+    p.add_argument("--grid", type=int, metavar="N", help="N labelled samples in a grid")
+    p.add_argument("--split", choices=("train", "val", "test"), default="train")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", metavar="FILE.png")
+
+    p = sub.add_parser("models", help="list registered models with parameter counts")
+    p.add_argument("--image-size", type=int, default=100)
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    p.add_argument("--num-classes", type=int, default=2)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("data", help="dataset tools: convert")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
+    q = dsub.add_parser("convert", help="write any dataset in the seed's CSV layout (--to csv) or as image folders (--to folder)")
+    q.add_argument("src", metavar="SPEC")
+    q.add_argument("out", metavar="OUT_DIR")
+    q.add_argument("--to", choices=("csv", "folder"), required=True)
+    q.add_argument("--overwrite", action="store_true")
+    _add_data_options(q, defaults=True)
+    return parser
+
+
+# ------------------------------------------------------------------ commands
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.config import config_from_dict, load_config_file
+
+    if args.resume:
+        extra = [k for k in vars(args) if k not in ("command", "resume", "quiet", "config", "out", "overwrite") and getattr(args, k) not in (None, False)]
+        if extra or args.config or args.out:
+            raise ConfigError("--resume continues a run exactly as configured — drop the other options")
+        result = api.train(resume=args.resume, quiet=args.quiet)
+    else:
+        base = config_from_dict(load_config_file(args.config), source=Path(args.config).name) if args.config else None
+        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "out", "overwrite", "resume", "quiet")}
+        if "model_args" in overrides:
+            overrides["model_args"] = {**(base.model_args if base else {}), **dict(overrides["model_args"])}
+        cfg = config_from_dict(overrides, base=base, source="command line").validate()
+        result = api.train(cfg.model, cfg.data, config=cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
+    print(f"run folder: {result.run_dir}")
+    if result.test:
+        print(f"test accuracy: {result.test['accuracy']:.4f} (loss {result.test['loss']:.4f}, {result.test['n']} images)")
+    return 0
+
+
+def _data_options(args: argparse.Namespace) -> dict:
+    keys = ("image_size", "image_shape", "channels", "classes", "val_split", "max_bad_fraction")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def _need_data(args: argparse.Namespace) -> str:
+    if not args.data:
+        raise ConfigError(f"`cnnlab {args.command}` needs --data SPEC (a dataset folder, .npz or builtin:shapes)")
+    return args.data
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cnnlab import api
+
+    clf = api.load(args.run)
+    data = _need_data(args)
+    ds = api.load_dataset(data, **{**_model_data_options(clf), **_data_options(args)}) if _data_options(args) else data
+    res = api.evaluate(clf, ds, split=args.split, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['split']}: loss {res['loss']:.4f}  accuracy {res['accuracy']:.4f}  ({res['n']} images)")
+    return 0
+
+
+def _model_data_options(clf) -> dict:
+    cfg = clf.meta.get("config") or {}
+    c, h, w = clf.input_shape
+    opts = {k: cfg[k] for k in ("image_shape", "classes", "val_split", "seed") if cfg.get(k) is not None}
+    return {**opts, "image_size": h if h == w else None, "channels": c}
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.insight import plots
+
+    clf = api.load(args.run)
+    if args.random:
+        import numpy as np
+
+        ds = api.dataset_for_model(clf, api.load_dataset(_need_data(args), **{**_model_data_options(clf), **_data_options(args)}))
+        split = args.split or ds.default_eval_split()
+        s = ds.split(split)
+        i = int(np.random.default_rng(args.seed).integers(len(s)))
+        res = clf.describe(clf.predict_proba(s.x[i : i + 1])[0], args.top_k)
+        truth = ds.class_names[int(s.y[i])]
+        ok = res["class"] == truth
+        out = Path(args.out or "prediction.png")
+        plots.save_image(s.x[i], f"predicted: {res['class']} ({res['probability']:.1%})\ntrue: {truth}", out,
+                         plots.OK_COLOUR if ok else plots.WRONG_COLOUR)
+        record = {"split": split, "index": i, **({"path": s.paths[i]} if s.paths else {}), **res, "truth": truth, "correct": ok, "image": str(out)}
+        if args.json:
+            print(json.dumps(record))
+        else:
+            print(f"{split} image #{i}: predicted {res['class']} ({res['probability']:.1%}), true {truth} — {'right' if ok else 'wrong'}")
+            print(f"saved {out}")
+        return 0
+    if not args.paths:
+        raise ConfigError("predict needs IMAGE_OR_FOLDER paths, or --data SPEC --random")
+    from cnnlab.engine.predictor import expand_image_paths
+
+    results = clf.predict_files(expand_image_paths(args.paths), args.top_k)
+    failed = [r for r in results if "error" in r]
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            if "error" not in r:
+                alts = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top_k"][1:])
+                print(f"{r['path']}: {r['class']} ({r['probability']:.1%})" + (f"  [{alts}]" if alts else ""))
+    for r in failed:
+        print(f"error: {r['error']}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cnnlab import api
+    from cnnlab.insight import plots
+
+    ds = api.load_dataset(_need_data(args), **_data_options(args))
+    s = ds.split(args.split)
+    rng = np.random.default_rng(args.seed)
+    if args.grid:
+        if args.grid < 1:
+            raise ConfigError("--grid N needs N >= 1")
+        idx = rng.choice(len(s), size=min(args.grid, len(s)), replace=False)
+        out = plots.save_grid(s.x[idx], [ds.class_names[int(v)] for v in s.y[idx]], Path(args.out or "samples.png"))
+    else:
+        i = int(rng.integers(len(s)))
+        out = plots.save_image(s.x[i], f"{ds.class_names[int(s.y[i])]}  ({args.split} #{i})", Path(args.out or "sample.png"))
+        print(f"{args.split} image #{i}: {ds.class_names[int(s.y[i])]}")
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cnnlab import models
+
+    rows = []
+    for name in models.list_models():
+        m = models.create_model(name, args.num_classes, args.channels, args.image_size)
+        rows.append({"name": name, "parameters": sum(p.numel() for p in m.parameters()),
+                     "description": models.get_model_entry(name).description})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"models ({args.image_size}x{args.image_size}x{args.channels}, {args.num_classes} classes)")
+    for col in ("name", "parameters", "description"):
+        t.add_column(col, justify="right" if col == "parameters" else "left")
+    for r in rows:
+        t.add_row(r["name"], f"{r['parameters']:,}", r["description"])
+    Console().print(t)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.data.convert import convert
+
+    if args.data_command != "convert":
+        raise ConfigError("`cnnlab data` needs an action: convert — see `cnnlab data --help`")
+    opts = _data_options(args)
+    opts.setdefault("val_split", 0.0)  # keep the source's splits as they are
+    ds = api.load_dataset(args.src, **opts)
+    written = convert(ds, args.out, to=args.to, overwrite=args.overwrite)
+    print(f"wrote {args.to} dataset to {args.out}: " + ", ".join(f"{k} {v} images" for k, v in written.items()))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
+            "models": cmd_models, "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args) or 0
+    except CnnlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input: say so in one line, traceback only on request
+        if os.environ.get("CNNLAB_DEBUG"):
+            raise
+        print(f"internal error: {e.__class__.__name__}: {e} — please report it (set CNNLAB_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""The in-memory dataset: every split is one uint8 (N, H, W, C) array plus int64 labels.
+
+Images stay uint8 (4x smaller than float32) and are normalised per batch on the fly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # uint8 (N, H, W, C)
+    y: np.ndarray  # int64 (N,)
+    paths: list[str] | None = None  # source file per image, when the data came from files
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: np.ndarray) -> "Split":
+        paths = [self.paths[i] for i in idx] if self.paths is not None else None
+        return Split(self.x[idx], self.y[idx], paths)
+
+
+@dataclass
+class Dataset:
+    spec: str
+    class_names: list[str]
+    splits: dict[str, Split]
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    source_format: str = ""
+    load_options: dict = field(default_factory=dict)  # how it was loaded (recorded in config.yaml)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of every image."""
+        return tuple(next(iter(self.splits.values())).x.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def train(self) -> Split:
+        return self.splits["train"]
+
+    def split(self, name: str) -> Split:
+        from cnnlab.errors import DataError
+
+        if name not in self.splits:
+            raise DataError(f"dataset {self.spec!r} has no {name!r} split — available: {', '.join(self.splits)}")
+        return self.splits[name]
+
+    def default_eval_split(self) -> str:
+        for name in ("test", "val", "train"):
+            if name in self.splits:
+                return name
+        raise AssertionError("dataset without splits")
+
+    def class_counts(self, split: str = "train") -> dict[str, int]:
+        counts = np.bincount(self.splits[split].y, minlength=self.num_classes)
+        return {c: int(n) for c, n in zip(self.class_names, counts)}
+
+    def summary(self) -> dict:
+        h, w, c = self.image_shape
+        return {
+            "spec": self.spec,
+            "format": self.source_format,
+            "classes": self.class_names,
+            "image_shape": [h, w, c],
+            "splits": {k: len(v) for k, v in self.splits.items()},
+            "class_counts": {k: self.class_counts(k) for k in self.splits},
+            "bad_files": len(self.bad_files),
+        }

@@ -1,0 +1,81 @@
+"""Batched forward passes shared by training, evaluation and prediction.
+
+Images travel as uint8 (N, H, W, C); `to_input` turns a batch into a normalised float NCHW tensor.
+Permuting NHWC to NCHW gives channels_last memory for free, the layout the CPU conv kernels prefer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnlab.engine.device import autocast
+
+
+def to_input(x: torch.Tensor, norm: dict, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in channels_last memory, scaled and normalised."""
+    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float().mul_(norm["scale"])
+    mean, std = norm.get("mean"), norm.get("std")
+    if mean is not None and any(m != 0.0 for m in mean) or std is not None and any(s != 1.0 for s in std):
+        m = torch.tensor(mean, device=device).view(1, -1, 1, 1)
+        s = torch.tensor(std, device=device).view(1, -1, 1, 1)
+        x = x.sub_(m).div_(s)
+    return x
+
+
+def is_binary_head(logits: torch.Tensor) -> bool:
+    return logits.shape[1] == 1
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Binary cross-entropy on one sigmoid output (the seed's head) or cross-entropy over K outputs."""
+    logits = logits.float()
+    if is_binary_head(logits):
+        return F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), reduction=reduction)
+    return F.cross_entropy(logits, y, reduction=reduction)
+
+
+def predicted_class(logits: torch.Tensor) -> torch.Tensor:
+    if is_binary_head(logits):
+        return (logits[:, 0] > 0).long()
+    return logits.argmax(1)
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """(N, K) class probabilities; for the one-output binary head [1 - p, p]."""
+    logits = logits.float()
+    if is_binary_head(logits):
+        p = torch.sigmoid(logits[:, 0])
+        return torch.stack([1 - p, p], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, x: np.ndarray | torch.Tensor, norm: dict, device: torch.device, precision: str = "fp32", batch_size: int = 256
+) -> torch.Tensor:
+    """Logits (float32, on CPU) for a uint8 (N, H, W, C) array, in eval mode."""
+    was_training = model.training
+    model.eval()
+    xt = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    outs = []
+    try:
+        for i in range(0, len(xt), batch_size):
+            with autocast(device, precision):
+                outs.append(model(to_input(xt[i : i + batch_size], norm, device)).float().cpu())
+    finally:
+        model.train(was_training)
+    if not outs:
+        return torch.empty(0, 1)
+    return torch.cat(outs)
+
+
+def evaluate_arrays(model, x, y, norm, device, precision="fp32", batch_size=256) -> dict:
+    """Loss and accuracy over a whole split (loss averaged over images)."""
+    logits = predict_logits(model, x, norm, device, precision, batch_size)
+    yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    loss = float(loss_fn(logits, yt)) if len(yt) else float("nan")
+    acc = int((predicted_class(logits) == yt).sum()) / len(yt) if len(yt) else float("nan")
+    return {"loss": loss, "accuracy": acc, "n": int(len(yt)), "logits": logits}

@@ -1,0 +1,99 @@
+"""Model files: safetensors weights + JSON metadata. No pickle anywhere.
+
+The metadata holds everything needed to rebuild and use the model: registry name and arguments,
+class names, input shape (C, H, W), normalisation and resize policy. Loading checks it before
+building anything, so a foreign or damaged file gives a clear error instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from cnnlab import __version__
+from cnnlab.engine.io import atomic_path
+from cnnlab.errors import ModelError
+
+FORMAT = "cnnlab-model"
+FORMAT_VERSION = 1
+REQUIRED = ("model", "model_args", "class_names", "input_shape", "normalization")
+
+
+def model_metadata(model: nn.Module, class_names: list[str], input_shape: tuple[int, int, int], **extra: Any) -> dict:
+    """input_shape is (C, H, W)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "cnnlab_version": __version__,
+        "model": model.cnnlab_name,
+        "model_args": dict(model.cnnlab_args),
+        "class_names": list(class_names),
+        "input_shape": list(input_shape),
+        "normalization": {"scale": 1 / 255, "mean": [0.0] * input_shape[0], "std": [1.0] * input_shape[0]},
+        "resize": "squash",
+        **extra,
+    }
+
+
+def save_model_file(path: str | Path, model: nn.Module, meta: dict) -> None:
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"cnnlab": json.dumps(meta)})
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """Accept a run folder (uses its model.safetensors) or a model file."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "model.safetensors").is_file():
+            return p / "model.safetensors"
+        hint = " (training did not finish; resume it with `cnnlab train --resume " + str(p) + "`)" if (p / "last.ckpt").exists() else ""
+        raise ModelError(f"{p}: no model.safetensors in this run folder{hint}")
+    if not p.is_file():
+        raise ModelError(f"{p}: no such model file or run folder")
+    return p
+
+
+def read_metadata(path: str | Path) -> dict:
+    p = resolve_model_path(path)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            raw = (f.metadata() or {}).get("cnnlab")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{p}: not a readable safetensors model file ({str(e).splitlines()[0][:120]}) — re-export or retrain it") from None
+    if raw is None:
+        raise ModelError(f"{p}: safetensors file without cnnlab metadata — it was not written by cnnlab")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError:
+        raise ModelError(f"{p}: cnnlab metadata is not valid JSON — the file is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelError(f"{p}: metadata is not a cnnlab model description")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing:
+        raise ModelError(f"{p}: metadata lacks {', '.join(missing)} — the file is damaged or from an incompatible tool")
+    return meta
+
+
+def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the architecture from metadata and load weights (strict)."""
+    from cnnlab.models import create_model
+
+    p = resolve_model_path(path)
+    meta = read_metadata(p)
+    c, h, w = meta["input_shape"]
+    model = create_model(meta["model"], len(meta["class_names"]), c, (h, w), **meta["model_args"])
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, SafetensorError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise ModelError(f"{p}: weights do not match architecture {meta['model']!r} ({first})") from None
+    return model.to(device).eval(), meta

@@ -1,0 +1,299 @@
+"""The training engine: one loop that reads top to bottom.
+
+It owns *how* (device, precision, data order, checkpoints, signals, run folder); the model only says
+*what* one forward pass computes. Data order comes from a generator seeded by (seed, epoch), so a run
+interrupted mid-epoch resumes at the exact batch it stopped at.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from cnnlab import __version__
+from cnnlab.config import TrainConfig
+from cnnlab.data.dataset import Dataset
+from cnnlab.engine import run_dir as rd
+from cnnlab.engine.checkpoint import save_checkpoint
+from cnnlab.engine.device import autocast, resolve_device, resolve_precision
+from cnnlab.engine.inference import evaluate_arrays, loss_fn, predicted_class, probabilities, to_input
+from cnnlab.engine.model_file import model_metadata, save_model_file
+from cnnlab.errors import TrainingError
+from cnnlab.insight import plots
+
+
+class Interrupted(Exception):
+    """Raised from SIGINT/SIGTERM handlers so the loop can save before leaving."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model: nn.Module
+    meta: dict
+    history: list[dict] = field(default_factory=list)
+    test: dict | None = None
+
+    def __repr__(self) -> str:
+        return f"TrainResult(run_dir={str(self.run_dir)!r}, epochs={len(self.history)}, test={self.test})"
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+class _Progress:
+    """A rich progress bar on a terminal; one line per epoch everywhere."""
+
+    def __init__(self, quiet: bool):
+        from rich.console import Console
+
+        self.console = Console(stderr=False, highlight=False)
+        self.quiet = quiet
+        self.live = self.console.is_terminal and not quiet
+        self.bar = None
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int, done: int) -> None:
+        if not self.live:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.console, transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("train", total=steps, completed=done, stats="")
+
+    def step(self, loss: float, acc: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, stats=f"loss {loss:.4f} acc {acc:.1%}")
+
+    def end_epoch(self, row: dict, epochs: int) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+        if self.quiet:
+            return
+        msg = f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.1%}"
+        if row.get("val_loss") is not None:
+            msg += f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.1%}"
+        msg += f"  lr {row['lr']:.2g}  {row['seconds']:.1f}s"
+        self.console.print(msg, soft_wrap=True)
+
+    def print(self, msg: str) -> None:
+        if not self.quiet:
+            self.console.print(msg, soft_wrap=True)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def fit(
+    model: nn.Module,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    resume_state: dict | None = None,
+    resume_dir: str | Path | None = None,
+    quiet: bool = False,
+    load_seconds: float | None = None,
+) -> TrainResult:
+    """Train `model` on `dataset` as `cfg` says and write a run folder. Returns a TrainResult."""
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    run = Path(resume_dir) if resume_dir is not None else rd.prepare_run_dir(out, overwrite)
+    progress = _Progress(quiet)
+
+    h, w, c = dataset.image_shape
+    meta = model_metadata(model, dataset.class_names, (c, h, w), dataset=dataset.spec)
+    norm = meta["normalization"]
+    train, val = dataset.train, dataset.splits.get("val")
+    x_train = torch.from_numpy(np.ascontiguousarray(train.x))
+    y_train = torch.from_numpy(train.y)
+    n, bs = len(y_train), cfg.batch_size
+    steps = math.ceil(n / bs)
+
+    model.to(device).train()
+    optimizer = build_optimizer(model, cfg)
+    history: list[dict] = []
+    start_epoch, start_step, partial = 1, 0, None
+    run_info = {
+        "status": "running",
+        "cnnlab_version": __version__,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.processor() or platform.machine()} {torch.get_num_threads()} threads",
+        "device": str(device),
+        "precision": precision,
+        "seed": cfg.seed,
+        "dataset": dataset.summary(),
+        "seconds": {"load": load_seconds},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"])
+        optimizer.load_state_dict(resume_state["optimizer"])
+        torch.set_rng_state(resume_state["rng_torch"])
+        history = list(resume_state["history"])
+        start_epoch, start_step = resume_state["epoch"], resume_state["step"]
+        partial = resume_state.get("partial")
+        run_info.update({k: v for k, v in resume_state.get("run_info", {}).items() if k in ("started", "seconds")})
+        run_info["resumed"] = run_info.get("resumed", 0) + 1
+        progress.print(f"resuming {run} at epoch {start_epoch}, batch {start_step}/{steps}")
+    else:
+        seed_everything(cfg.seed, cfg.deterministic)
+        (run / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+        _write_samples(dataset, run / "samples.png", cfg.seed)
+        if dataset.bad_files:
+            (run / "bad_files.txt").write_text("".join(f"{p}\t{r}\n" for p, r in dataset.bad_files), encoding="utf-8")
+    rd.write_json(run / "run.json", run_info)
+
+    def checkpoint(epoch: int, step: int, partial_stats: dict | None) -> None:
+        save_checkpoint(run / "last.ckpt", {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(),
+            "epoch": epoch, "step": step, "partial": partial_stats, "history": history,
+            "config": cfg.to_dict(), "run_info": {k: run_info[k] for k in ("started", "seconds")},
+        })
+
+    # The handler only raises a flag: the loop stops at the next batch boundary, where model, optimizer
+    # and counters agree, so the saved state resumes exactly. A second signal leaves at once.
+    stop_requested: list[str] = []
+
+    def on_signal(signum, frame):
+        stop_requested.append(signal.Signals(signum).name)
+        if len(stop_requested) > 1:
+            raise Interrupted(stop_requested[0])
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
+    for s in old_handlers:
+        signal.signal(s, on_signal)
+    train_seconds = sum(r["seconds"] for r in history)
+    epoch, step, stats = start_epoch, start_step, partial
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            order = epoch_order(n, cfg.seed, epoch)
+            stats = stats or {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+            progress.start_epoch(epoch, cfg.epochs, steps, step)
+            for step in range(step, steps):
+                if stop_requested:
+                    raise Interrupted(stop_requested[0])
+                idx = order[step * bs : (step + 1) * bs]
+                xb = to_input(x_train[idx], norm, device)
+                yb = y_train[idx].to(device, non_blocking=True)
+                with autocast(device, precision):
+                    logits = model(xb)
+                loss = loss_fn(logits, yb)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {float(loss)} at epoch {epoch}, batch {step + 1} — lower the learning rate (--lr);"
+                        f" the last good state is in {run / 'last.ckpt'}"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                stats["loss_sum"] += float(loss.detach()) * len(idx)
+                stats["correct"] += int((predicted_class(logits.detach()) == yb).sum())
+                stats["seen"] += len(idx)
+                progress.step(stats["loss_sum"] / stats["seen"], stats["correct"] / stats["seen"])
+            step = steps
+            stats["seconds"] += time.perf_counter() - t0
+            t_val = time.perf_counter()
+            row = {"epoch": epoch, "train_loss": stats["loss_sum"] / stats["seen"], "train_accuracy": stats["correct"] / stats["seen"],
+                   "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"]}
+            if val is not None and len(val):
+                ev = evaluate_arrays(model, val.x, val.y, norm, device, precision)
+                row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
+            row["seconds"] = stats["seconds"] + (time.perf_counter() - t_val)
+            history.append(row)
+            train_seconds += row["seconds"]
+            progress.end_epoch(row, cfg.epochs)
+            rd.write_metrics_csv(run / "metrics.csv", history)
+            step, stats, partial = 0, None, None
+            checkpoint(epoch + 1, 0, None)
+    except (Interrupted, KeyboardInterrupt) as e:
+        progress.stop()
+        if stats is not None and step < steps and len(stop_requested) == 1:
+            stats["seconds"] += time.perf_counter() - t0
+            checkpoint(epoch, step, stats)
+        run_info["status"] = "interrupted"
+        rd.write_json(run / "run.json", run_info)
+        why = e.args[0] if isinstance(e, Interrupted) and e.args else "SIGINT"
+        raise TrainingError(f"training interrupted ({why}); state saved in {run / 'last.ckpt'} — resume with: cnnlab train --resume {run}") from None
+    except TrainingError:
+        progress.stop()
+        run_info["status"] = "failed"
+        rd.write_json(run / "run.json", run_info)
+        raise
+    finally:
+        for s, h_ in old_handlers.items():
+            signal.signal(s, h_)
+
+    # ---- finished: score the test split, write model file, plots and run.json
+    t_eval = time.perf_counter()
+    test = None
+    if "test" in dataset.splits and len(dataset.splits["test"]):
+        ts = dataset.splits["test"]
+        ev = evaluate_arrays(model, ts.x, ts.y, norm, device, precision)
+        test = {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": "test"}
+        _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
+        progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images)")
+    elif val is not None and len(val):
+        ev = evaluate_arrays(model, val.x, val.y, norm, device, precision)
+        _write_predictions(val, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
+    eval_seconds = time.perf_counter() - t_eval
+    final = history[-1] if history else {}
+    meta["metrics"] = {"val_accuracy": final.get("val_accuracy"), "test_accuracy": test["accuracy"] if test else None}
+    meta["config"] = cfg.to_dict()
+    save_model_file(run / "model.safetensors", model, meta)
+    plots.save_curves(history, run / "curves.png")
+    run_info.update({
+        "status": "completed",
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": {"load": load_seconds, "train": round(train_seconds, 3), "evaluate": round(eval_seconds, 3)},
+        "train_images_per_second": round(n * len(history) / max(train_seconds, 1e-9), 1),
+        "final": final,
+        "test": test,
+    })
+    rd.write_json(run / "run.json", run_info)
+    return TrainResult(run, model.eval(), meta, history, test)
+
+
+def _write_samples(dataset: Dataset, path: Path, seed: int, n: int = 16) -> None:
+    tr = dataset.train
+    idx = np.random.default_rng(seed).choice(len(tr), size=min(n, len(tr)), replace=False)
+    plots.save_grid(tr.x[idx], [dataset.class_names[i] for i in tr.y[idx]], path, suptitle="training samples")
+
+
+def _write_predictions(split, logits: torch.Tensor, names: list[str], path: Path, seed: int, n: int = 16) -> None:
+    idx = np.random.default_rng(seed).choice(len(split), size=min(n, len(split)), replace=False)
+    probs = probabilities(logits[idx])
+    pred = probs.argmax(1).numpy()
+    titles, colours = plots.prediction_titles(pred, probs.max(1).values.numpy(), split.y[idx], names)
+    plots.save_grid(split.x[idx], titles, path, colours, suptitle="predictions (red: wrong)")
