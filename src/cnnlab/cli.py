@@ -6,6 +6,7 @@ Every input problem ends as one line on stderr and exit code 2; interruption as 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -123,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--to", choices=("csv", "folder"), required=True)
     q.add_argument("--overwrite", action="store_true")
     _add_data_options(q, defaults=True)
+
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_commands(sub, dsub)
     return parser
+
+
+# Feature packages contribute subcommands: each module named here has
+# `add_commands(subparsers, data_subparsers)`, and each parser it adds calls `set_defaults(func=handler)`
+# where `handler(args) -> int`. Handlers raise CnnlabError for bad input, like the commands above.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------ commands
@@ -276,7 +286,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     from cnnlab.data.convert import convert
 
     if args.data_command != "convert":
-        raise ConfigError("`cnnlab data` needs an action: convert — see `cnnlab data --help`")
+        raise ConfigError("`cnnlab data` needs an action (e.g. convert) — see `cnnlab data --help`")
     opts = _data_options(args)
     opts.setdefault("val_split", 0.0)  # keep the source's splits as they are
     ds = api.load_dataset(args.src, **opts)
@@ -295,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    handler = getattr(args, "func", None) or COMMANDS.get(args.command)
+    if args.command == "data" and getattr(args, "func", None) is None and not args.data_command:
+        handler = cmd_data
     try:
-        return COMMANDS[args.command](args) or 0
+        return handler(args) or 0
     except CnnlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
