@@ -234,7 +234,7 @@ def _scan_class_folders(root: Path) -> dict[str, list[Path]]:
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     found = {}
     for d in classes:
-        files = sorted(p for p in d.rglob("*") if p.is_file() and images.is_image_file(p))
+        files = sorted(p for p in d.rglob("*") if (p.is_file() or p.is_symlink()) and images.is_image_file(p))  # a broken or looping symlink is reported, not silently dropped
         found[d.name] = files
     return found
 

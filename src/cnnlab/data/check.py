@@ -1,0 +1,108 @@
+"""`cnnlab data check SPEC`: walk a dataset the way training will and list every file it would skip.
+
+Training skips unreadable images (up to --max-bad-fraction) and records them in RUN/bad_files.txt;
+this check names each one with its reason *before* hours are spent. Image folders are checked file by
+file (every entry under each class folder, including symlinks, which training would otherwise follow
+or silently miss); other formats (seed CSV, .npz, builtin) are loaded whole, so a problem there is the
+loader's own one-line error (file, line, column).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cnnlab.data import images
+from cnnlab.data.sources import SPLIT_DIRS, load_dataset
+from cnnlab.errors import DataError
+
+CHECK_SIZE = 32  # decode every image fully (truncation shows only then), resized small to save memory
+
+
+@dataclass
+class CheckReport:
+    spec: str
+    format: str
+    images: int = 0  # image files examined (ignored files not counted)
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): training would skip these
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, why): never looked at as images
+    classes: list[str] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)  # readable images per split
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec, "format": self.format, "images": self.images, "ok": self.ok,
+                "classes": self.classes, "splits": self.splits,
+                "bad": [{"path": p, "reason": r} for p, r in self.bad],
+                "ignored": [{"path": p, "reason": r} for p, r in self.ignored]}
+
+
+def _ignore_reason(p: Path) -> str | None:
+    """Why a file under a class folder is not an image candidate (None: it is one)."""
+    name = p.name
+    if name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini"):
+        return "operating-system file, ignored"
+    if p.suffix.lower() not in images.IMAGE_EXTENSIONS:
+        return f"extension {p.suffix or '(none)'} is not an image type, ignored"
+    return None
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every non-directory entry below `folder`, without following directory symlinks (no loops)."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=None):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        out.extend(d / n for n in sorted(filenames))
+        out.extend(d / n for n in dirnames if (d / n).is_symlink())  # a linked folder: reported, not entered
+    return sorted(out)
+
+
+def check_image_folder(root: Path, channels: int = 3) -> CheckReport:
+    rep = CheckReport(str(root), "image-folder")
+    split_roots = {s: root / s for s in SPLIT_DIRS if (root / s).is_dir()} or {"train": root}
+    if "train" not in split_roots:
+        raise DataError(f"{root}: has {', '.join(split_roots)}/ but no train/ — add train/<class>/ folders")
+    candidates: list[tuple[str, Path]] = []
+    classes: set[str] = set()
+    for split, sroot in split_roots.items():
+        for entry in sorted(sroot.iterdir()):
+            if not entry.is_dir() or entry.name.startswith("."):
+                if entry.is_file() and split_roots == {"train": root}:
+                    rep.ignored.append((str(entry), "file outside any class folder, ignored"))
+                continue
+            classes.add(entry.name)
+            for p in _walk(entry):
+                why = _ignore_reason(p)
+                if why is not None:
+                    rep.ignored.append((str(p), why))
+                elif p.is_symlink() and os.path.isdir(p):  # isdir is False for a looping or broken link
+                    rep.ignored.append((str(p), "symlink to a folder, not followed"))
+                else:
+                    candidates.append((split, p))
+    rep.classes = sorted(classes)
+    if not rep.classes:
+        raise DataError(f"{root}: no class subfolders — put images in one folder per class, e.g. cats/ and dogs/")
+    _, ok, bad = images.load_images([p for _, p in candidates], (CHECK_SIZE, CHECK_SIZE), channels=channels)
+    rep.images = len(candidates)
+    rep.bad = sorted(bad)
+    for i in ok:
+        rep.splits[candidates[i][0]] = rep.splits.get(candidates[i][0], 0) + 1
+    return rep
+
+
+def check_dataset(spec: str | os.PathLike, **load_options) -> CheckReport:
+    """Check a dataset SPEC. Image folders: every file. Other formats: the loader's own validation."""
+    spec = str(spec)
+    path = Path(spec).expanduser()
+    if not spec.startswith("builtin:") and path.is_dir() and not (path / "input.csv").is_file():
+        return check_image_folder(path, load_options.get("channels") or 3)
+    ds = load_dataset(spec, **{**load_options, "val_split": 0.0})  # raises DataError naming file/line/column
+    rep = CheckReport(spec, ds.source_format, images=sum(len(s) for s in ds.splits.values()),
+                      bad=list(ds.bad_files), classes=list(ds.class_names))
+    rep.splits = {k: len(v) for k, v in ds.splits.items()}
+    return rep
