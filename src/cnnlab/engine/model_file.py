@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from cnnlab import __version__
 from cnnlab.engine.io import atomic_path
-from cnnlab.errors import ModelError
+from cnnlab.errors import CnnlabError, ModelError
 
 FORMAT = "cnnlab-model"
 FORMAT_VERSION = 1
@@ -78,7 +78,34 @@ def read_metadata(path: str | Path) -> dict:
     missing = [k for k in REQUIRED if k not in meta]
     if missing:
         raise ModelError(f"{p}: metadata lacks {', '.join(missing)} — the file is damaged or from an incompatible tool")
+    bad = _metadata_problem(meta)
+    if bad:
+        raise ModelError(f"{p}: metadata {bad} — the file is damaged or from an incompatible tool")
     return meta
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _metadata_problem(meta: dict) -> str | None:
+    """What is wrong with the types of the required fields (None: nothing). Checked before anything is built."""
+    if not isinstance(meta["model"], str):
+        return "model is not a registry name"
+    if not isinstance(meta["model_args"], dict):
+        return "model_args is not a mapping of argument names to values"
+    names = meta["class_names"]
+    if not isinstance(names, list) or len(names) < 2 or not all(isinstance(c, str) for c in names):
+        return "class_names is not a list of at least 2 class names"
+    shape = meta["input_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        return f"input_shape {shape!r} is not [C, H, W] with positive whole numbers"
+    norm = meta["normalization"]
+    ok = isinstance(norm, dict) and _is_number(norm.get("scale"))
+    ok = ok and all(isinstance(norm.get(k), list) and len(norm[k]) == shape[0] and all(_is_number(v) for v in norm[k]) for k in ("mean", "std"))
+    if not ok or any(v == 0 for v in norm["std"]):
+        return f"normalization is not {{scale, mean[{shape[0]}], std[{shape[0]}] (non-zero)}}"
+    return None
 
 
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -88,7 +115,10 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     p = resolve_model_path(path)
     meta = read_metadata(p)
     c, h, w = meta["input_shape"]
-    model = create_model(meta["model"], len(meta["class_names"]), c, (h, w), **meta["model_args"])
+    try:
+        model = create_model(meta["model"], len(meta["class_names"]), c, (h, w), **meta["model_args"])
+    except CnnlabError as e:  # unknown model or arguments: say which file described it
+        raise ModelError(f"{p}: {e}") from None
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
