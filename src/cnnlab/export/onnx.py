@@ -106,8 +106,37 @@ def export_onnx(
     if not out_path.parent.is_dir():
         raise ConfigError(f"--out {out_path}: folder {out_path.parent} does not exist — create it first")
 
-    model = clf.model.float().eval()
-    wrapped = _Preprocessed(model, clf.meta["normalization"], c).eval()
+    model_bytes = build_onnx_bytes(clf, opset, label=str(src))
+    x = check_images(clf) if images is None else np.ascontiguousarray(images, dtype=np.uint8)
+    max_diff, sizes = verify_onnx(clf, _session(model_bytes), x, tolerance, label=str(src))
+
+    sidecar = sidecar_info(clf, opset)
+    with atomic_path(out_path) as tmp:
+        Path(tmp).write_bytes(model_bytes)
+    with atomic_path(sidecar_path(out_path)) as tmp:
+        Path(tmp).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return {"path": str(out_path), "sidecar": str(sidecar_path(out_path)), "max_abs_diff": max_diff,
+            "checked_batch_sizes": sizes, "opset": int(opset), "model": clf.meta["model"], "class_names": clf.class_names}
+
+
+def verify_onnx(clf: Classifier, sess, x: np.ndarray, tolerance: float = MAX_ABS_DIFF, label: str = "model") -> tuple[float, list[int]]:
+    """Max abs difference of logits and probabilities vs PyTorch on batch sizes 1 and len(x); raises above tolerance."""
+    ref_logits = predict_logits(clf.model, x, clf.meta["normalization"], torch.device("cpu"), "fp32")
+    ref_probs = probabilities(ref_logits).numpy()
+    max_diff, sizes = 0.0, []
+    for n in sorted({1, len(x)}):  # two batch sizes: the batch axis must really be dynamic
+        logits, probs = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x[:n]})
+        max_diff = max(max_diff, float(np.max(np.abs(logits - ref_logits[:n].numpy()))), float(np.max(np.abs(probs - ref_probs[:n]))))
+        sizes.append(n)
+    if not np.isfinite(max_diff) or max_diff > tolerance:
+        raise ModelError(f"{label}: ONNX output differs from PyTorch by {max_diff:.3g} (> {tolerance:g}); nothing was written — report this model/opset combination")
+    return max_diff, sizes
+
+
+def build_onnx_bytes(clf: Classifier, opset: int = DEFAULT_OPSET, label: str = "model") -> bytes:
+    """The ONNX model (with preprocessing and metadata) as bytes; not yet verified."""
+    c, h, w = clf.input_shape
+    wrapped = _Preprocessed(clf.model.float().eval(), clf.meta["normalization"], c).eval()
     example = torch.zeros(2, h, w, c, dtype=torch.uint8)
     buf = io.BytesIO()
     try:
@@ -120,31 +149,8 @@ def export_onnx(
             )
     except Exception as e:  # an operator without an ONNX mapping at this opset, etc.
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{src}: model {clf.meta['model']!r} cannot be exported to ONNX opset {opset} ({first}) — try a newer --opset") from None
-
-    model_bytes = _with_metadata(buf.getvalue(), clf)
-
-    # Verify against PyTorch on several batch sizes (the batch axis must really be dynamic).
-    x = check_images(clf) if images is None else np.ascontiguousarray(images, dtype=np.uint8)
-    sess = _session(model_bytes)
-    ref_logits = predict_logits(model, x, clf.meta["normalization"], torch.device("cpu"), "fp32")
-    ref_probs = probabilities(ref_logits).numpy()
-    max_diff, sizes = 0.0, []
-    for lo, hi in ((0, 1), (0, len(x))) if len(x) > 1 else ((0, 1),):
-        logits, probs = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x[lo:hi]})
-        max_diff = max(max_diff, float(np.max(np.abs(logits - ref_logits[lo:hi].numpy()))),
-                       float(np.max(np.abs(probs - ref_probs[lo:hi]))))
-        sizes.append(hi - lo)
-    if not np.isfinite(max_diff) or max_diff > tolerance:
-        raise ModelError(f"{src}: ONNX output differs from PyTorch by {max_diff:.3g} (> {tolerance:g}); nothing was written — report this model/opset combination")
-
-    sidecar = sidecar_info(clf, opset)
-    with atomic_path(out_path) as tmp:
-        Path(tmp).write_bytes(model_bytes)
-    with atomic_path(sidecar_path(out_path)) as tmp:
-        Path(tmp).write_text(json.dumps(sidecar, indent=2) + "\n")
-    return {"path": str(out_path), "sidecar": str(sidecar_path(out_path)), "max_abs_diff": max_diff,
-            "checked_batch_sizes": sizes, "opset": int(opset), "model": clf.meta["model"], "class_names": clf.class_names}
+        raise ModelError(f"{label}: model {clf.meta['model']!r} cannot be exported to ONNX opset {opset} ({first}) — try a newer --opset") from None
+    return _with_metadata(buf.getvalue(), clf)
 
 
 def sidecar_info(clf: Classifier, opset: int) -> dict:

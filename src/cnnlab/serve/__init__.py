@@ -1,0 +1,1 @@
+"""HTTP prediction service: FastAPI app, dynamic batching, Prometheus metrics, offline web page."""

@@ -1,0 +1,367 @@
+"""The prediction service: FastAPI app over a Classifier, with limits, dynamic batching and metrics.
+
+Limits (each answered before any work is done where possible):
+  body over `max_upload_bytes` -> 413 · content type not multipart/image -> 415 · not an image, corrupt,
+  too many decoded pixels -> 400 with the reason · more images than `max_images_per_request` -> 400 ·
+  queue full -> 503 + Retry-After · no answer within `timeout_s` -> 504.
+Models load from local files only (never from URLs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import threading
+import time
+import warnings
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from PIL import Image, UnidentifiedImageError
+
+from cnnlab import __version__
+from cnnlab.data import images as image_io
+from cnnlab.engine.predictor import Classifier
+from cnnlab.errors import ConfigError, DataError
+from cnnlab.serve.batching import DynamicBatcher, QueueFull
+from cnnlab.serve.metrics import ServerMetrics
+
+RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass
+class ServeConfig:
+    model: str
+    backend: str = "onnxruntime"  # or "torch"
+    max_batch: int = 32
+    max_delay_ms: float = 5.0
+    max_queue: int = 256  # images waiting; beyond -> 503
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 25_000_000  # decoded pixels per image; beyond -> 400 (decompression bombs)
+    max_images_per_request: int = 32
+    timeout_s: float = 10.0
+    top_k: int = 5
+    threads: int = 0  # intra-op threads of the backend; 0 = all cores
+
+    def validate(self) -> "ServeConfig":
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(self.model)):
+            raise ConfigError(f"{self.model}: serve loads local model files only, never URLs — download it yourself and pass the path")
+        if self.backend not in ("onnxruntime", "torch"):
+            raise ConfigError(f"--backend {self.backend!r}: choose onnxruntime or torch")
+        for name in ("max_batch", "max_queue", "max_upload_bytes", "max_pixels", "max_images_per_request", "top_k"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_delay_ms < 0 or self.timeout_s <= 0:
+            raise ConfigError("--max-delay-ms must be >= 0 and --timeout-s > 0")
+        return self
+
+
+# ------------------------------------------------------------------ backends
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, clf: Classifier):
+        self.clf = clf
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.clf.predict_proba(x)
+
+
+class OnnxRuntimeBackend:
+    """The same graph `cnnlab export` writes, built in memory and checked against PyTorch at start-up."""
+
+    name = "onnxruntime"
+
+    def __init__(self, clf: Classifier, threads: int = 0):
+        import onnxruntime as ort
+
+        from cnnlab.export.onnx import build_onnx_bytes, check_images, verify_onnx
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(build_onnx_bytes(clf, label=str(clf.source)), opts, providers=["CPUExecutionProvider"])
+        self.max_abs_diff, _ = verify_onnx(clf, self.session, check_images(clf), label=str(clf.source))
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(["probabilities"], {"images": np.ascontiguousarray(x, dtype=np.uint8)})[0]
+
+
+def make_backend(clf: Classifier, cfg: ServeConfig):
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    return OnnxRuntimeBackend(clf, cfg.threads) if cfg.backend == "onnxruntime" else TorchBackend(clf)
+
+
+# ------------------------------------------------------------------ decoding uploads
+
+
+def decode_upload(data: bytes, name: str, clf: Classifier, max_pixels: int) -> np.ndarray:
+    """Bytes of one uploaded file -> uint8 (H, W, C) at the model's input size; DataError with the reason."""
+    c, h, w = clf.input_shape
+    if not data:
+        raise image_io.ImageReadError(name, "empty upload (0 bytes)")
+    try:
+        # Same bomb handling as images._open_checked: Pillow's warning is serialised behind its lock.
+        with image_io._OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise image_io.ImageReadError(name, "not an image (cannot identify image format)") from None
+    except Image.DecompressionBombError:
+        raise image_io.ImageReadError(name, "too many pixels; refusing a possible decompression bomb") from None
+    except Exception as e:
+        raise image_io.ImageReadError(name, f"corrupt image header ({type(e).__name__})") from None
+    width, height = im.size
+    if width * height > max_pixels:
+        raise image_io.ImageReadError(name, f"too many pixels ({width}x{height} = {width * height:,} > limit {max_pixels:,}); refusing a possible decompression bomb")
+    out = image_io._decode(name, im, c, (h, w))  # loads, applies EXIF orientation, converts mode; DataError on failure
+    if out.size != (w, h):
+        out = out.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
+    arr = np.asarray(out, dtype=np.uint8)
+    return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
+
+
+async def read_images(request: Request, cfg: ServeConfig, clf: Classifier, max_count: int) -> tuple[list[str], np.ndarray]:
+    """Uploaded files (multipart parts, or one raw image body) decoded into one (N, H, W, C) array."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    files: list[tuple[str, bytes]] = []
+    if ctype == "multipart/form-data":
+        try:
+            form = await request.form(max_files=max_count + 1, max_fields=max_count + 8, max_part_size=cfg.max_upload_bytes)
+        except HTTPException:
+            raise
+        except Exception as e:
+            raise HTTPException(400, f"malformed multipart body ({type(e).__name__})") from None
+        for key, value in form.multi_items():
+            if hasattr(value, "read"):
+                files.append((value.filename or key, await value.read()))
+        if not files:
+            raise HTTPException(400, "no image files in the multipart body — send them as file parts (e.g. curl -F file=@cat.jpg)")
+    elif ctype.startswith(RAW_IMAGE_TYPES):
+        files.append(("body", await request.body()))
+    else:
+        raise HTTPException(415, f"unsupported content type {ctype or '(none)'!r} — send multipart/form-data or an image/* body")
+    if len(files) > max_count:
+        raise HTTPException(400, f"{len(files)} images in one request; the limit is {max_count}")
+    arrays = []
+    for name, data in files:
+        try:
+            arrays.append(decode_upload(data, name, clf, cfg.max_pixels))
+        except DataError as e:
+            raise HTTPException(400, str(e)) from None
+    return [n for n, _ in files], np.stack(arrays)
+
+
+# ------------------------------------------------------------------ ASGI middleware
+
+
+async def _send_json(send, status: int, detail: str, headers: list | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimit:
+    """Refuse bodies over `max_bytes` (413) before the app sees them: by Content-Length, else while streaming."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _send_json(send, 400, "invalid Content-Length header")
+            if int(length) > self.max_bytes:
+                return await _send_json(send, 413, f"request body of {int(length):,} bytes is over the limit of {self.max_bytes:,} bytes")
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            total += len(message.get("body", b""))
+            if total > self.max_bytes:
+                return await _send_json(send, 413, f"request body is over the limit of {self.max_bytes:,} bytes")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+class Metered:
+    """Count every response (including 413s from BodyLimit) by route and status; time it."""
+
+    KNOWN = ("/", "/healthz", "/metrics", "/openapi.json", "/v1/model", "/v1/predict", "/v1/explain")
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"] if scope["path"] in self.KNOWN else ("/static" if scope["path"].startswith("/static/") else "other")
+            self.metrics.observe_request(scope["method"], path, status, time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------ the app
+
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) -> FastAPI:
+    """The ASGI app. `clf`/`backend` may be given (tests inject a slow backend); otherwise loaded from cfg.model."""
+    cfg.validate()
+    clf = clf if clf is not None else Classifier.load(cfg.model)
+    backend = backend if backend is not None else make_backend(clf, cfg)
+    backend_name = getattr(backend, "name", type(backend).__name__)
+    model_version = clf.meta.get("cnnlab_version", __version__)
+    explain_lock = threading.Lock()  # Grad-CAM hooks one model: one explanation at a time
+    metrics = ServerMetrics(lambda: batcher.queued_images)
+    batcher = DynamicBatcher(backend.predict_proba, cfg.max_batch, cfg.max_delay_ms, cfg.max_queue, on_batch=metrics.observe_batch)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="cnnlab prediction service", version=__version__, lifespan=lifespan,
+                  description=f"Model {clf.meta['model']} with classes {', '.join(clf.class_names)}.")
+    app.state.cfg, app.state.clf, app.state.batcher, app.state.metrics = cfg, clf, batcher, metrics
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/model")
+    async def model_info() -> dict:
+        c, h, w = clf.input_shape
+        return {"name": clf.meta["model"], "classes": clf.class_names, "input_shape": {"channels": c, "height": h, "width": w},
+                "version": model_version, "backend": backend_name, "max_batch": cfg.max_batch,
+                "max_upload_bytes": cfg.max_upload_bytes, "max_images_per_request": cfg.max_images_per_request}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.post("/v1/predict", openapi_extra={"requestBody": _UPLOAD_BODY})
+    async def predict(request: Request, top_k: int = Query(cfg.top_k, ge=1, le=1000)) -> dict:
+        names, x = await read_images(request, cfg, clf, cfg.max_images_per_request)
+        try:
+            probs = await asyncio.wait_for(batcher.submit(x), cfg.timeout_s)
+        except QueueFull as e:
+            raise HTTPException(503, f"server busy: {e}; retry shortly", headers={"Retry-After": "1"}) from None
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"prediction took longer than {cfg.timeout_s:g} s") from None
+        return {"model": clf.meta["model"], "predictions": [{"filename": n, **clf.describe(p, top_k)} for n, p in zip(names, probs)]}
+
+    @app.post("/v1/explain", openapi_extra={"requestBody": _UPLOAD_BODY},
+              responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+    async def explain(request: Request, format: str = Query("png", pattern="^(png|json)$"), class_name: str | None = Query(None, max_length=200),
+                      method: str = Query("gradcam", pattern=r"^(gradcam|gradcam\+\+)$")):
+        try:
+            from cnnlab.insight.gradcam import explain_image
+        except ImportError:
+            raise HTTPException(501, "Grad-CAM is not available in this installation") from None
+        if class_name is not None and class_name not in clf.class_names:
+            raise HTTPException(400, f"unknown class {class_name!r} — choose one of: {', '.join(clf.class_names)}")
+        names, x = await read_images(request, cfg, clf, 1)
+
+        def run():
+            with explain_lock:
+                return explain_image(clf, x[0], class_name=class_name, method=method)
+
+        try:
+            result = await asyncio.wait_for(asyncio.to_thread(run), cfg.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"explanation took longer than {cfg.timeout_s:g} s") from None
+        png = io.BytesIO()
+        Image.fromarray(result["overlay"]).save(png, format="PNG")
+        headers = {"X-Class": _header_safe(result["class"]), "X-Probability": f"{result['probability']:.6f}", "X-Layer": _header_safe(result["layer"])}
+        if format == "png":
+            return Response(png.getvalue(), media_type="image/png", headers=headers)
+        return JSONResponse({"filename": names[0], "class": result["class"], "probability": result["probability"], "layer": result["layer"],
+                             "overlay_png_base64": base64.b64encode(png.getvalue()).decode()})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(_static("index.html"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        types = {".js": "text/javascript", ".css": "text/css"}
+        if name not in ("app.js", "style.css"):
+            raise HTTPException(404, "not found")
+        return Response(_static(name), media_type=types[Path(name).suffix] + "; charset=utf-8")
+
+    return Metered(BodyLimit(app, cfg.max_upload_bytes), metrics)
+
+
+def _header_safe(text: str) -> str:
+    return str(text).encode("ascii", "backslashreplace").decode()[:200]
+
+
+def _static(name: str) -> str:
+    return resources.files("cnnlab.serve").joinpath("static", name).read_text(encoding="utf-8")
+
+
+CONFIG_ENV = "CNNLAB_SERVE_CONFIG"
+
+
+def app_from_env():
+    """uvicorn factory for --workers N: each worker process builds its own app from the JSON config."""
+    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+
+
+def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_level: str = "warning", app=None) -> None:
+    import uvicorn
+
+    if workers > 1:
+        os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
+        uvicorn.run("cnnlab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level)
+    else:
+        uvicorn.run(app if app is not None else create_app(cfg), host=host, port=port, log_level=log_level)

@@ -1,0 +1,249 @@
+"""HTTP service against a real uvicorn server on loopback: endpoints, every limit, batching, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from cnnlab.engine.predictor import Classifier
+from cnnlab.serve.app import ServeConfig, create_app
+from conftest import two_class_images
+from test_errors import assert_clean_error
+
+
+@contextmanager
+def live_server(app):
+    """Run `app` under uvicorn on 127.0.0.1 (free port) in a thread; yields the base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(600):  # start-up is polled, never timed
+        if server.started or not thread.is_alive():
+            break
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def png_bytes(img: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images32():
+    x, y = two_class_images(4, 32, seed=7)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def torch_server(trained_run):
+    run, _ = trained_run
+    with live_server(create_app(ServeConfig(model=str(run), backend="torch", max_upload_bytes=200_000, max_pixels=10_000, max_images_per_request=3))) as url:
+        yield url
+
+
+class GatedBackend:
+    """A backend that waits for `gate` before answering and records batch sizes (deterministic batching tests)."""
+
+    name = "gated"
+
+    def __init__(self, clf: Classifier):
+        self.clf, self.gate, self.sizes, self.entered = clf, threading.Event(), [], threading.Event()
+
+    def predict_proba(self, x):
+        self.sizes.append(len(x))
+        self.entered.set()
+        self.gate.wait(30)
+        return self.clf.predict_proba(x)
+
+
+def wait_for(cond, what: str) -> None:
+    for _ in range(400):
+        if cond():
+            return
+        time.sleep(0.025)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def test_model_health_openapi(torch_server):
+    m = httpx.get(f"{torch_server}/v1/model").json()
+    assert m["name"] == "seed_cnn" and m["classes"] == ["circle", "square"] and m["backend"] == "torch"
+    assert m["input_shape"] == {"channels": 3, "height": 32, "width": 32} and m["version"]
+    assert httpx.get(f"{torch_server}/healthz").json() == {"status": "ok"}
+    paths = httpx.get(f"{torch_server}/openapi.json").json()["paths"]
+    assert {"/v1/predict", "/v1/explain", "/v1/model", "/healthz", "/metrics"} <= set(paths)
+    page = httpx.get(f"{torch_server}/")
+    assert page.status_code == 200 and "cnnlab classifier" in page.text and "http" not in page.text.split("<body>")[1].replace("http-equiv", "")
+    assert httpx.get(f"{torch_server}/static/app.js").status_code == 200
+    assert httpx.get(f"{torch_server}/static/..%2Fapp.py").status_code == 404
+
+
+def test_predict_multipart_and_raw_match_classifier(torch_server, trained_run, images32):
+    run, _ = trained_run
+    x, _ = images32
+    oracle = Classifier.load(run).predict_proba(x[:2])
+    files = [("file", ("a.png", png_bytes(x[0]), "image/png")), ("file", ("b.png", png_bytes(x[1]), "image/png"))]
+    r = httpx.post(f"{torch_server}/v1/predict?top_k=2", files=files)
+    assert r.status_code == 200, r.text
+    preds = r.json()["predictions"]
+    assert [p["filename"] for p in preds] == ["a.png", "b.png"]
+    for p, o in zip(preds, oracle):
+        assert p["class"] == ["circle", "square"][int(o.argmax())]
+        assert abs(p["probability"] - o.max()) < 1e-5 and len(p["top_k"]) == 2
+    raw = httpx.post(f"{torch_server}/v1/predict", content=png_bytes(x[0]), headers={"content-type": "image/png"})
+    assert raw.status_code == 200 and abs(raw.json()["predictions"][0]["probability"] - oracle[0].max()) < 1e-5
+
+
+def test_onnxruntime_backend_matches_torch(trained_run, images32):
+    run, _ = trained_run
+    x, _ = images32
+    with live_server(create_app(ServeConfig(model=str(run)))) as url:
+        assert httpx.get(f"{url}/v1/model").json()["backend"] == "onnxruntime"
+        r = httpx.post(f"{url}/v1/predict", content=png_bytes(x[2]), headers={"content-type": "image/png"})
+        assert r.status_code == 200
+        assert abs(r.json()["predictions"][0]["probability"] - Classifier.load(run).predict_proba(x[2:3]).max()) < 1e-4
+        # A decompression bomb under the default 25 MP cap: 6000 x 6000 one-bit PNG, a few KB on the wire.
+        bomb = io.BytesIO()
+        Image.new("1", (6000, 6000)).save(bomb, format="PNG")
+        assert len(bomb.getvalue()) < 100_000
+        b = httpx.post(f"{url}/v1/predict", content=bomb.getvalue(), headers={"content-type": "image/png"})
+        assert b.status_code == 400 and "too many pixels" in b.json()["detail"]
+
+
+def test_every_limit_has_its_status(torch_server, images32):
+    x, _ = images32
+    u = f"{torch_server}/v1/predict"
+    big = b"\0" * 300_000
+    r = httpx.post(u, content=big, headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    chunked = httpx.post(u, content=iter([big[:150_000], big[150_000:]]), headers={"content-type": "image/png"})  # no Content-Length
+    assert chunked.status_code == 413
+    r = httpx.post(u, content=b"hello", headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and "content type" in r.json()["detail"]
+    assert httpx.post(u, content=png_bytes(x[0])).status_code == 415  # no content type at all
+    r = httpx.post(u, content=b"definitely not a png", headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "not an image" in r.json()["detail"]
+    r = httpx.post(u, content=png_bytes(x[0])[:60], headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "cannot load image" in r.json()["detail"]
+    r = httpx.post(u, content=b"", headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "empty" in r.json()["detail"]
+    large = np.zeros((120, 120, 3), np.uint8)  # 14,400 decoded pixels > this server's 10,000
+    r = httpx.post(u, content=png_bytes(large), headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "too many pixels" in r.json()["detail"]
+    four = [("file", (f"{i}.png", png_bytes(x[i]), "image/png")) for i in range(4)]
+    r = httpx.post(u, files=four)
+    assert r.status_code == 400 and "limit is 3" in r.json()["detail"]
+    r = httpx.post(u, data={"note": "no file"}, files=[])
+    assert r.status_code in (400, 415)
+    r = httpx.post(u, content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 400
+    assert httpx.post(f"{u}?top_k=0", content=png_bytes(x[0]), headers={"content-type": "image/png"}).status_code == 422
+    assert httpx.get(u).status_code == 405
+
+
+def test_queue_full_503_timeout_504_and_healthz_under_load(trained_run, images32):
+    run, _ = trained_run
+    x, _ = images32
+    clf = Classifier.load(run)
+    backend = GatedBackend(clf)
+    cfg = ServeConfig(model=str(run), backend="torch", max_batch=1, max_queue=2, timeout_s=60)
+    body, headers = png_bytes(x[0]), {"content-type": "image/png"}
+
+    with live_server(create_app(cfg, clf=clf, backend=backend)) as url:
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                first = asyncio.create_task(c.post("/v1/predict", content=body, headers=headers))
+                second = asyncio.create_task(c.post("/v1/predict", content=body, headers=headers))
+                await asyncio.to_thread(backend.entered.wait, 30)
+                for _ in range(400):  # both requests are inside the server now
+                    if "cnnlab_queue_depth 2" in (await c.get("/metrics")).text:
+                        break
+                    await asyncio.sleep(0.025)
+                third = await c.post("/v1/predict", content=body, headers=headers)
+                health = await c.get("/healthz")  # the event loop still answers while the model is busy
+                backend.gate.set()
+                return third, health, await first, await second
+
+        third, health, first, second = asyncio.run(scenario())
+        assert third.status_code == 503 and third.headers["retry-after"] == "1" and "busy" in third.json()["detail"]
+        assert health.status_code == 200
+        assert first.status_code == 200 and second.status_code == 200
+        text = httpx.get(f"{url}/metrics").text
+        assert 'cnnlab_requests_total{method="POST",path="/v1/predict",status="503"} 1' in text
+
+    slow = GatedBackend(clf)
+    with live_server(create_app(ServeConfig(model=str(run), backend="torch", timeout_s=0.2), clf=clf, backend=slow)) as url:
+        r = httpx.post(f"{url}/v1/predict", content=body, headers=headers, timeout=30)
+        slow.gate.set()
+        assert r.status_code == 504 and "longer than" in r.json()["detail"]
+        assert httpx.post(f"{url}/v1/predict", content=body, headers=headers, timeout=30).status_code == 200
+
+
+def test_dynamic_batching_groups_waiting_requests(trained_run, images32):
+    run, _ = trained_run
+    x, _ = images32
+    clf = Classifier.load(run)
+    backend = GatedBackend(clf)
+    cfg = ServeConfig(model=str(run), backend="torch", max_batch=8, max_delay_ms=0)
+    with live_server(create_app(cfg, clf=clf, backend=backend)) as url:
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                post = lambda i: c.post("/v1/predict", content=png_bytes(x[i % 4]), headers={"content-type": "image/png"})
+                first = asyncio.create_task(post(0))
+                await asyncio.to_thread(backend.entered.wait, 30)  # batch 1 is running and blocked
+                rest = [asyncio.create_task(post(i)) for i in range(1, 6)]
+                for _ in range(400):
+                    if "cnnlab_queue_depth 6" in (await c.get("/metrics")).text:
+                        break
+                    await asyncio.sleep(0.025)
+                backend.gate.set()
+                return await asyncio.gather(first, *rest)
+
+        responses = asyncio.run(scenario())
+        assert all(r.status_code == 200 for r in responses)
+        assert backend.sizes == [1, 5]  # the five waiting requests ran as one forward pass
+        oracle = clf.predict_proba(x)
+        for i, r in enumerate(responses):
+            assert abs(r.json()["predictions"][0]["probability"] - oracle[i % 4].max()) < 1e-5
+        text = httpx.get(f"{url}/metrics").text
+        assert 'cnnlab_batch_size_bucket{le="4"} 1' in text and 'cnnlab_batch_size_bucket{le="8"} 2' in text
+        assert "# TYPE cnnlab_request_latency_seconds histogram" in text and "cnnlab_queue_depth 0" in text
+
+
+def test_explain_png_and_json(torch_server, images32):
+    pytest.importorskip("cnnlab.insight.gradcam")
+    x, _ = images32
+    u, h = f"{torch_server}/v1/explain", {"content-type": "image/png"}
+    r = httpx.post(u, content=png_bytes(x[0]), headers=h)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    assert r.headers["x-class"] in ("circle", "square")
+    assert np.asarray(Image.open(io.BytesIO(r.content))).shape == (32, 32, 3)
+    j = httpx.post(f"{u}?format=json&class_name=square", content=png_bytes(x[0]), headers=h).json()
+    assert j["class"] == "square" and 0 <= j["probability"] <= 1 and j["layer"]
+    assert Image.open(io.BytesIO(base64.b64decode(j["overlay_png_base64"]))).size == (32, 32)
+    assert httpx.post(f"{u}?class_name=zebra", content=png_bytes(x[0]), headers=h).status_code == 400
+    assert httpx.post(f"{u}?format=gif", content=png_bytes(x[0]), headers=h).status_code == 422
+
+
+def test_serve_cli_errors(cli, tmp_path):
+    assert_clean_error(cli("serve", "https://example.com/model.safetensors"), "local model files only")
+    assert_clean_error(cli("serve", tmp_path / "nope"), "nope", "no such model file")
+    assert_clean_error(cli("serve", tmp_path, "--max-batch", "0"), "--max-batch")
+    assert_clean_error(cli("serve", tmp_path, "--port", "70000"), "--port")
