@@ -1,0 +1,72 @@
+"""Building blocks shared by the model families (conv-BN-act, heads, size checks).
+
+Every family is a `ZooNet`: `stem -> stages` is `forward_features`, `pool -> head` is `forward_head`, so
+Grad-CAM, summaries and fine-tuning find the last feature map without knowing the architecture.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "relu6": nn.ReLU6}
+
+
+def head_outputs(num_classes: int) -> int:
+    """Binary problems use one sigmoid output; K classes use K softmax outputs."""
+    return 1 if num_classes == 2 else num_classes
+
+
+def conv_bn_act(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: str | None = "relu") -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    if act:
+        layers.append(ACTIVATIONS[act](inplace=True) if act != "gelu" else nn.GELU())
+    return nn.Sequential(*layers)
+
+
+def check_size(image_size: tuple[int, int], downsamples: int, name: str) -> None:
+    """An input must keep at least 1x1 pixels after `downsamples` halvings (ceil mode)."""
+    h, w = image_size
+    smallest = min(h, w)
+    if smallest < 2 ** downsamples // 2 or smallest < 8:
+        raise ValueError(f"input {h}x{w} is too small for {name} with {downsamples} downsamplings (needs at least {max(8, 2 ** downsamples // 2)}px)")
+
+
+def stem_stride(image_size: tuple[int, int], stem: str) -> int:
+    """How much the stem downsamples: 'small' 1 (CIFAR-style), 'large' 4 (ImageNet-style), 'auto' by size:
+    1 below 64 px, 2 below 128 px, 4 from 128 px — so 28 px digits keep detail and 100 px photos stay cheap."""
+    if stem not in ("auto", "small", "large"):
+        raise ValueError(f"stem must be auto, small or large, not {stem!r}")
+    if stem != "auto":
+        return 1 if stem == "small" else 4
+    smallest = min(image_size)
+    return 1 if smallest < 64 else 2 if smallest < 128 else 4
+
+
+def scaled(width: int, factor: float) -> int:
+    return max(8, int(math.ceil(width * factor / 8) * 8))
+
+
+class ZooNet(nn.Module):
+    """stem -> stages (features) -> global average pool -> [norm] -> dropout -> linear (head)."""
+
+    def __init__(self, stem: nn.Module, stages: nn.Module, features: int, num_classes: int, dropout: float = 0.0,
+                 head_norm: nn.Module | None = None):
+        super().__init__()
+        self.stem, self.stages = stem, stages
+        self.head_norm = head_norm if head_norm is not None else nn.Identity()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(features, head_outputs(num_classes))
+        self.num_classes = num_classes
+        self.num_features = features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.head_norm(f.mean((2, 3)))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
