@@ -37,6 +37,7 @@ from typing import BinaryIO
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from cnnlab.engine.io import atomic_path
 from cnnlab.errors import DataError
 
 __all__ = [
@@ -646,20 +647,6 @@ def write_label_csv(path: str | os.PathLike, labels: Iterable) -> None:
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], sync: bool = True) -> None:
-    """Write to a temporary file next to ``path`` and rename it into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            if sync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write through a temporary file next to ``path`` and rename it into place (engine.io.atomic_path)."""
+    with atomic_path(path, sync=sync) as tmp, open(tmp, "wb") as f:
+        write(f)

@@ -5,30 +5,69 @@ A reader never sees a half-written checkpoint, model file or report: either the 
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from cnnlab.errors import CnnlabError
+
+
+class WriteError(CnnlabError):
+    """An output file could not be written (disk full, read-only, permissions); the old file is unchanged."""
+
+    exit_code = 1
+
+
+def _write_failed(path: Path, e: OSError) -> WriteError:
+    reason = e.strerror or str(e) or e.__class__.__name__
+    hint = "free some disk space" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "check that the folder is writable"
+    return WriteError(f"{path}: could not be written ({reason}) — {hint}; the previous {path.name}, if any, is unchanged")
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path to write; on success it replaces `path` atomically, on error it is removed."""
+    """Yield a temp path to write; on success it replaces `path` atomically, on error it is removed.
+
+    An OSError while writing (ENOSPC, EROFS, EACCES, EIO ...) becomes a one-line WriteError; a reader
+    never sees a partial file because only a complete, fsynced temp file is ever renamed onto `path`.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_failed(path, e) from None
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _write_failed(path, e) from None
         raise
+
+
+def as_os_error(tmp: Path, e: Exception) -> OSError:
+    """An OSError for a writer library's own I/O failure (torch.save reports a full disk as RuntimeError,
+    safetensors as SafetensorError), so atomic_path turns it into a WriteError like any other."""
+    try:
+        full = shutil.disk_usage(tmp.parent).free < 1 << 20
+    except OSError:
+        full = False
+    first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:160]
+    if full or "No space left" in first:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return OSError(errno.EIO, f"write failed: {first}")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
