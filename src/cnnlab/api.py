@@ -21,7 +21,6 @@ from cnnlab.config import TrainConfig, config_from_dict
 from cnnlab.data.dataset import Dataset
 from cnnlab.data.sources import load_dataset as _load_dataset
 from cnnlab.engine.checkpoint import load_checkpoint
-from cnnlab.engine.inference import evaluate_arrays
 from cnnlab.engine.predictor import Classifier, expand_image_paths
 from cnnlab.engine.run_dir import read_run_json
 from cnnlab.engine.trainer import TrainResult, fit
@@ -153,14 +152,18 @@ def dataset_for_model(clf: Classifier, data: Dataset | str) -> Dataset:
     return ds
 
 
-def evaluate(run: str | Path | TrainResult | Classifier, data: Dataset | str, split: str | None = None, batch_size: int = 256) -> dict:
-    """Loss and accuracy on a split (default: test when present, else val, else train)."""
+def evaluate(run: str | Path | TrainResult | Classifier, data: Dataset | str, split: str | None = None, batch_size: int = 256,
+             plots: str | Path | None = None) -> dict:
+    """Loss, accuracy and the full metrics report on a split (default: test when present, else val, else train).
+
+    Keys are documented in docs/insight.md; `plots` names a folder for the evaluation figures.
+    """
+    from cnnlab.insight.evaluation import evaluate_split
+
     clf = load(run)
     ds = dataset_for_model(clf, data)
     split = split or ds.default_eval_split()
-    s = ds.split(split)
-    ev = evaluate_arrays(clf.model, s.x, s.y, clf.meta["normalization"], clf.device, "fp32", batch_size)
-    return {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": split}
+    return evaluate_split(clf, ds, split, batch_size, plots)
 
 
 def predict(run: str | Path | TrainResult | Classifier, inputs: str | Path | np.ndarray | list, top_k: int = 5) -> list[dict] | dict:

@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p, defaults=True)
     p.add_argument("--split", choices=("test", "val", "train"), help="default: test when present, else val")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/insight.md)")
+    p.add_argument("--plots", metavar="DIR", help="also save confusion matrix, calibration, per-class, top-loss figures in DIR")
 
     p = sub.add_parser("predict", help="predict image files/folders, or a random test image with --data --random")
     p.add_argument("run", metavar="MODEL|RUN_DIR")
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Feature packages contribute subcommands: each module named here has
 # `add_commands(subparsers, data_subparsers)`, and each parser it adds calls `set_defaults(func=handler)`
 # where `handler(args) -> int`. Handlers raise CnnlabError for bad input, like the commands above.
-COMMAND_MODULES: tuple[str, ...] = ("cnnlab.data.commands", "cnnlab.export.commands", "cnnlab.serve.commands")
+COMMAND_MODULES: tuple[str, ...] = ("cnnlab.data.commands", "cnnlab.export.commands", "cnnlab.serve.commands", "cnnlab.insight.commands")
 
 
 # ------------------------------------------------------------------ commands
@@ -178,11 +179,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     clf = api.load(args.run)
     data = _need_data(args)
     ds = api.load_dataset(data, **{**_model_data_options(clf), **_data_options(args)}) if _data_options(args) else data
-    res = api.evaluate(clf, ds, split=args.split, batch_size=args.batch_size)
+    res = api.evaluate(clf, ds, split=args.split, batch_size=args.batch_size, plots=args.plots)
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{res['split']}: loss {res['loss']:.4f}  accuracy {res['accuracy']:.4f}  ({res['n']} images)")
+        from cnnlab.insight.commands import print_evaluation
+
+        print_evaluation(res)
     return 0
 
 

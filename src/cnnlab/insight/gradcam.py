@@ -209,7 +209,7 @@ def explain_image(clf, image: np.ndarray, class_name: str | None = None, layer: 
     img = np.asarray(image)
     if img.dtype != np.uint8:
         raise DataError(f"explain_image needs a uint8 image, got {img.dtype}")
-    img, _ = fit_channels(img, c)
+    img = np.array(fit_channels(img, c)[0], copy=True)  # writable and contiguous for torch.from_numpy
     if img.shape[:2] != (h, w):
         raise DataError(f"image is {img.shape[0]}x{img.shape[1]} but the model expects {h}x{w} — resize it first (clf.load_image does)")
     names = clf.class_names

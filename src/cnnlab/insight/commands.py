@@ -1,0 +1,131 @@
+"""CLI commands of the insight package: explain (Grad-CAM, feature maps, filters).
+
+Registered through cli.COMMAND_MODULES; handlers parse nothing themselves and raise CnnlabError on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from cnnlab.errors import ConfigError
+
+
+def add_commands(sub, data_sub) -> None:
+    p = sub.add_parser("explain", help="Grad-CAM / Grad-CAM++ overlays, feature maps and first-layer filters for images")
+    p.add_argument("run", metavar="MODEL|RUN_DIR")
+    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--method", choices=("gradcam", "gradcam++", "both"), default="both", help="default: both, side by side")
+    p.add_argument("--layer", metavar="NAME", help="conv layer to explain (default: the last; a wrong name lists the valid ones)")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class instead of the predicted one")
+    p.add_argument("--feature-maps", action="store_true", help="also save the layer's feature maps as a grid")
+    p.add_argument("--filters", action="store_true", help="also save the first conv layer's learned filters")
+    p.add_argument("--out", metavar="DIR", default="explain", help="output folder (default: explain/)")
+    p.add_argument("--json", action="store_true", help="print one JSON list (class, probability, layer, files per image)")
+    p.set_defaults(func=cmd_explain)
+
+
+def print_evaluation(res: dict) -> None:
+    """Human-readable `cnnlab evaluate` output (the --json form carries the same numbers)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    def f(v) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    print(f"{res['split']}: loss {f(res['loss'])}  accuracy {f(res['accuracy'])}  ({res['n']} images)")
+    extra = [f"top-{k} accuracy {v:.4f}" for k, v in res.get("top_k_accuracy", {}).items()]
+    extra.append(f"ROC-AUC {f(res.get('roc_auc'))}")
+    extra.append(f"ECE {f(res.get('calibration', {}).get('ece'))}")
+    print("  ".join(extra))
+    t = Table()
+    for col in ("class", "precision", "recall", "f1", "support"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for r in res["per_class"]:
+        t.add_row(r["class"], f(r["precision"]), f(r["recall"]), f(r["f1"]), str(r["support"]))
+    for name in ("macro_avg", "weighted_avg"):
+        a = res[name]
+        t.add_row(name.replace("_", " "), f(a["precision"]), f(a["recall"]), f(a["f1"]), str(res["n"]))
+    Console(width=100).print(t)
+    if res.get("most_confused"):
+        print("most confused: " + ", ".join(f"{p['true']} → {p['predicted']} ({p['count']})" for p in res["most_confused"][:5]))
+    for name, path in (res.get("plots") or {}).items():
+        print(f"saved {path}")
+
+
+def _channel_note(path: Path, channels: int) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:  # header only: the safe decoder (clf.load_image) does the real read
+            mode = im.mode
+    except Exception:
+        return None
+    is_grey = mode in ("1", "L", "I", "I;16", "F", "LA")
+    if channels == 3 and is_grey:
+        return f"{path}: greyscale image converted to RGB for this 3-channel model"
+    if channels == 1 and not is_grey:
+        return f"{path}: {mode} image converted to greyscale for this 1-channel model"
+    return None
+
+
+def _save_explanation(img, results: list[tuple[str, dict]], title: str, path: Path) -> Path:
+    from cnnlab.insight.plots import _save, _show, plt
+
+    fig, axes = plt.subplots(1, 1 + len(results), figsize=(3.2 * (1 + len(results)), 3.6), squeeze=False)
+    _show(axes[0, 0], img)
+    axes[0, 0].set_title("input", fontsize=10)
+    for ax, (method, res) in zip(axes[0, 1:], results):
+        _show(ax, res["overlay"])
+        ax.set_title(f"{'Grad-CAM++' if method == 'gradcam++' else 'Grad-CAM'} · {res['layer']}", fontsize=10)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import torch
+
+    from cnnlab import api
+    from cnnlab.engine.inference import to_input
+    from cnnlab.engine.predictor import expand_image_paths
+    from cnnlab.insight import features
+    from cnnlab.insight.gradcam import explain_image, fit_channels
+
+    clf = api.load(args.run)
+    paths = expand_image_paths(args.paths)
+    out = Path(args.out)
+    c, h, w = clf.input_shape
+    if args.class_name is not None and args.class_name not in clf.class_names:
+        raise ConfigError(f"unknown class {args.class_name!r} — this model's classes: {', '.join(clf.class_names)}")
+    methods = ("gradcam", "gradcam++") if args.method == "both" else (args.method,)
+    records = []
+    if args.filters:
+        layer, weights = features.first_layer_filters(clf.model, (c, h, w))
+        f = features.save_filters(weights, layer, out / "filters.png")
+        records.append({"filters": str(f), "layer": layer})
+        if not args.json:
+            print(f"saved {f} (filters of {layer})")
+    for i, p in enumerate(paths):
+        note = _channel_note(p, c)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        img = clf.load_image(p)
+        results = [(m, explain_image(clf, img, args.class_name, args.layer, m)) for m in methods]
+        first = results[0][1]
+        stem = f"{i:03d}_{p.stem}" if len(paths) > 1 else p.stem
+        fig_path = _save_explanation(img, results, f"{p.name}: {first['class']} ({first['probability']:.1%})", out / f"{stem}_gradcam.png")
+        rec = {"path": str(p), "class": first["class"], "probability": first["probability"], "layer": first["layer"], "gradcam": str(fig_path)}
+        if args.feature_maps:
+            x = to_input(torch.from_numpy(fit_channels(img, c)[0][None].copy()), clf.meta["normalization"], clf.device)
+            layer, maps = features.feature_maps(clf.model, x, args.layer)
+            rec["feature_maps"] = str(features.save_feature_maps(maps, layer, out / f"{stem}_features_{layer}.png"))
+        records.append(rec)
+        if not args.json:
+            print(f"{p}: {rec['class']} ({rec['probability']:.1%}), layer {rec['layer']} — saved {fig_path}"
+                  + (f" and {rec['feature_maps']}" if "feature_maps" in rec else ""))
+    if args.json:
+        print(json.dumps(records))
+    return 0

@@ -1,0 +1,119 @@
+"""Evaluation figures (PNG): confusion matrix, reliability diagram, per-class bars, top losses,
+most-confused pairs, prediction grid. Inputs are the report from insight.metrics plus the images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab.insight import metrics as M
+from cnnlab.insight.plots import OK_COLOUR, WRONG_COLOUR, _save, plt, prediction_titles, save_grid
+
+
+def save_confusion_matrix(report: dict, path: str | Path) -> Path:
+    """Counts in each cell, colour = row-normalised fraction (recall per true class)."""
+    cm = report["confusion_matrix"]
+    names, counts, norm = cm["labels"], np.array(cm["counts"]), np.array(cm["normalized"])
+    k = len(names)
+    size = max(4.0, 0.6 * k + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for t in range(k):
+            for p in range(k):
+                ax.text(p, t, f"{counts[t, p]}\n{norm[t, p]:.0%}", ha="center", va="center", fontsize=8,
+                        color="white" if norm[t, p] > 0.5 else "black")
+    ax.set_title(f"confusion matrix (accuracy {report['accuracy']:.1%})" if report.get("accuracy") is not None else "confusion matrix")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_reliability_diagram(report: dict, path: str | Path) -> Path:
+    """Accuracy vs confidence per bin; the diagonal is perfect calibration."""
+    cal = report["calibration"]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    centres = [(b["lower"] + b["upper"]) / 2 for b in cal["bins"]]
+    width = cal["bins"][0]["upper"] - cal["bins"][0]["lower"]
+    acc = [b["accuracy"] or 0.0 for b in cal["bins"]]
+    ax.bar(centres, acc, width=width * 0.95, color="#4c72b0", edgecolor="black", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ece = cal["ece"]
+    ax.set_title(f"reliability diagram (ECE {ece:.3f})" if ece is not None else "reliability diagram")
+    ax.legend(loc="upper left")
+    ax2.bar(centres, [b["count"] for b in cal["bins"]], width=width * 0.95, color="#999999")
+    ax2.set_xlabel("confidence (top probability)")
+    ax2.set_ylabel("images")
+    ax2.set_xlim(0, 1)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_per_class_bars(report: dict, path: str | Path) -> Path:
+    """Precision, recall and F1 for each class side by side."""
+    rows = report["per_class"]
+    k = len(rows)
+    fig, ax = plt.subplots(figsize=(max(5, 1.0 * k + 2), 4))
+    xs = np.arange(k)
+    for j, key in enumerate(("precision", "recall", "f1")):
+        ax.bar(xs + (j - 1) * 0.27, [r[key] for r in rows], width=0.27, label=key)
+    ax.set_xticks(xs, [f"{r['class']}\n(n={r['support']})" for r in rows], rotation=0 if k <= 6 else 45)
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower right")
+    ax.set_title("per-class precision / recall / F1")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_most_confused(report: dict, path: str | Path) -> Path:
+    """Horizontal bars: 'true -> predicted' pairs, most frequent first."""
+    pairs = report["most_confused"]
+    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.4 * len(pairs) + 1)))
+    if pairs:
+        labels = [f"{p['true']} → {p['predicted']}" for p in pairs][::-1]
+        ax.barh(labels, [p["count"] for p in pairs][::-1], color=WRONG_COLOUR)
+        ax.set_xlabel("images")
+    else:
+        ax.text(0.5, 0.5, "no mistakes", ha="center", va="center")
+        ax.axis("off")
+    ax.set_title("most confused (true → predicted)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_top_losses(x: np.ndarray, losses: list[dict], path: str | Path) -> Path:
+    """The images the model got most wrong, titled prediction / probability / truth / loss."""
+    imgs = x[[r["index"] for r in losses]]
+    titles = [f"pred {r['predicted']} {r['probability']:.0%}\ntrue {r['true']} · loss {r['loss']:.2f}" for r in losses]
+    colours = [OK_COLOUR if r["predicted"] == r["true"] else WRONG_COLOUR for r in losses]
+    return save_grid(imgs, titles, path, colours, suptitle="top losses")
+
+
+def save_prediction_grid(x: np.ndarray, y: np.ndarray, probs: np.ndarray, names: list[str], path: str | Path, n: int = 16, seed: int = 0) -> Path:
+    """Random images with predicted vs true class; wrong ones in red."""
+    idx = np.random.default_rng(seed).choice(len(x), size=min(n, len(x)), replace=False)
+    titles, colours = prediction_titles(probs[idx].argmax(1), probs[idx].max(1), y[idx], names)
+    return save_grid(x[idx], titles, path, colours, suptitle="predictions (red: wrong)")
+
+
+def write_evaluation_plots(out_dir: str | Path, x: np.ndarray, y: np.ndarray, probs: np.ndarray, report: dict, names: list[str]) -> dict[str, str]:
+    """All evaluation figures into out_dir; returns {figure name: path}."""
+    out = Path(out_dir)
+    files = {
+        "confusion_matrix": save_confusion_matrix(report, out / "confusion_matrix.png"),
+        "calibration": save_reliability_diagram(report, out / "calibration.png"),
+        "per_class": save_per_class_bars(report, out / "per_class.png"),
+        "most_confused": save_most_confused(report, out / "most_confused.png"),
+    }
+    if len(x):
+        files["top_losses"] = save_top_losses(x, M.top_losses(y, probs, names), out / "top_losses.png")
+        files["predictions"] = save_prediction_grid(x, y, probs, names, out / "prediction_grid.png")
+    return {k: str(v) for k, v in files.items()}
