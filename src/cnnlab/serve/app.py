@@ -91,6 +91,9 @@ class OnnxRuntimeBackend:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.intra_op_num_threads = threads
+        # No spin-waiting after a run: the spinning threads would take the cores the event loop needs
+        # to parse and decode the next requests (measured: batching got slower than no batching).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(build_onnx_bytes(clf, label=str(clf.source)), opts, providers=["CPUExecutionProvider"])
         self.max_abs_diff, _ = verify_onnx(clf, self.session, check_images(clf), label=str(clf.source))
 
