@@ -1,4 +1,4 @@
-"""CLI commands of the insight package: explain (Grad-CAM, feature maps, filters).
+"""CLI commands of the insight package: explain (Grad-CAM, feature maps, filters), summary.
 
 Registered through cli.COMMAND_MODULES; handlers parse nothing themselves and raise CnnlabError on bad input.
 """
@@ -25,6 +25,16 @@ def add_commands(sub, data_sub) -> None:
     p.add_argument("--out", metavar="DIR", default="explain", help="output folder (default: explain/)")
     p.add_argument("--json", action="store_true", help="print one JSON list (class, probability, layer, files per image)")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("summary", help="per-layer output shape, parameters, MACs, receptive field, stride, memory")
+    p.add_argument("run", nargs="?", metavar="MODEL|RUN_DIR", help="a trained model (or use --model NAME --image-size N)")
+    p.add_argument("--model", metavar="NAME", help="registry name, for a model not trained yet")
+    p.add_argument("--image-size", type=int, metavar="N", default=100)
+    p.add_argument("--channels", type=int, choices=(1, 3), default=3)
+    p.add_argument("--num-classes", type=int, default=2)
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", dest="model_args")
+    p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/insight.md)")
+    p.set_defaults(func=cmd_summary)
 
 
 def print_evaluation(res: dict) -> None:
@@ -128,4 +138,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
                   + (f" and {rec['feature_maps']}" if "feature_maps" in rec else ""))
     if args.json:
         print(json.dumps(records))
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    import yaml
+
+    from cnnlab import api, models
+    from cnnlab.insight.summary import print_summary, summarize
+
+    if (args.run is None) == (args.model is None):
+        raise ConfigError("summary needs either MODEL|RUN_DIR or --model NAME [--image-size N] — not both, not neither")
+    if args.run is not None:
+        clf = api.load(args.run)
+        model, shape = clf.model, clf.input_shape
+    else:
+        extra = {}
+        for item in args.model_args:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"--model-arg {item!r} is not KEY=VALUE (e.g. width=48)")
+            extra[key.strip()] = yaml.safe_load(value)
+        model = models.create_model(args.model, args.num_classes, args.channels, args.image_size, **extra)
+        shape = (args.channels, args.image_size, args.image_size)
+    try:
+        s = summarize(model, shape)
+    except RuntimeError as e:
+        raise ConfigError(f"{args.run or args.model} does not run on {shape[1]}x{shape[2]}x{shape[0]} input ({str(e).splitlines()[0][:120]}) — try another --image-size") from None
+    if args.json:
+        print(json.dumps(s))
+    else:
+        print_summary(s)
     return 0
