@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from cnnlab.engine.io import atomic_path
+from cnnlab.engine.io import as_os_error, atomic_path
 from cnnlab.errors import CnnlabError
 
 CKPT_FORMAT = "cnnlab-ckpt-1"
@@ -20,7 +20,10 @@ CKPT_FORMAT = "cnnlab-ckpt-1"
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     state = {"format": CKPT_FORMAT, **state}
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        try:
+            torch.save(state, tmp)
+        except RuntimeError as e:  # torch's zip writer reports a full disk as RuntimeError
+            raise as_os_error(tmp, e) from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

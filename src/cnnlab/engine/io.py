@@ -29,11 +29,12 @@ def _write_failed(path: Path, e: OSError) -> WriteError:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, sync: bool = True) -> Iterator[Path]:
     """Yield a temp path to write; on success it replaces `path` atomically, on error it is removed.
 
     An OSError while writing (ENOSPC, EROFS, EACCES, EIO ...) becomes a one-line WriteError; a reader
     never sees a partial file because only a complete, fsynced temp file is ever renamed onto `path`.
+    sync=False skips the fsync, for files that can be rebuilt (caches).
     """
     path = Path(path)
     try:

@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cnnlab import __version__
-from cnnlab.engine.io import atomic_path
+from cnnlab.engine.io import as_os_error, atomic_path
 from cnnlab.errors import CnnlabError, ModelError
 
 FORMAT = "cnnlab-model"
@@ -44,7 +44,10 @@ def model_metadata(model: nn.Module, class_names: list[str], input_shape: tuple[
 def save_model_file(path: str | Path, model: nn.Module, meta: dict) -> None:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"cnnlab": json.dumps(meta)})
+        try:
+            save_file(tensors, str(tmp), metadata={"cnnlab": json.dumps(meta)})
+        except SafetensorError as e:  # e.g. "I/O error: No space left on device"
+            raise as_os_error(tmp, e) from None
 
 
 def resolve_model_path(path: str | Path) -> Path:
