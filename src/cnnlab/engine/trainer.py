@@ -213,7 +213,8 @@ def fit(
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"loss became {float(loss)} at epoch {epoch}, batch {step + 1} — lower the learning rate (--lr);"
-                        f" the last good state is in {run / 'last.ckpt'}"
+                        + (f" the last good state is in {run / 'last.ckpt'}" if (run / "last.ckpt").exists()
+                           else " no checkpoint was saved yet (it diverged in the first epoch)")
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
