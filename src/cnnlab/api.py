@@ -25,6 +25,7 @@ from cnnlab.engine.predictor import Classifier, expand_image_paths
 from cnnlab.engine.run_dir import read_run_json
 from cnnlab.engine.trainer import TrainResult, fit
 from cnnlab.errors import CnnlabError, DataError, ModelError
+from cnnlab.insight.report import write_run_report
 
 DATA_KEYS = ("image_size", "image_shape", "channels", "classes", "val_split", "seed", "max_bad_fraction")
 
@@ -95,7 +96,9 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
     if not isinstance(model, nn.Module):
         model = create_model(cfg.model, ds, seed=cfg.seed, **cfg.model_args)
     _check_model_fits(model, ds)
-    return fit(model, ds, cfg, out, overwrite=overwrite, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None))
+    result = fit(model, ds, cfg, out, overwrite=overwrite, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None))
+    write_run_report(result, ds)
+    return result
 
 
 def _check_model_fits(model: nn.Module, ds: Dataset) -> None:
@@ -122,7 +125,9 @@ def _resume(run_dir: str | Path, quiet: bool) -> TrainResult:
     cfg = config_from_dict(state["config"], source=str(run_dir / "last.ckpt")).validate()
     ds = dataset_for_config(cfg)
     model = create_model(cfg.model, ds, **cfg.model_args)
-    return fit(model, ds, cfg, resume_state=state, resume_dir=run_dir, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None))
+    result = fit(model, ds, cfg, resume_state=state, resume_dir=run_dir, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None))
+    write_run_report(result, ds)
+    return result
 
 
 def load(run_or_model: str | Path | TrainResult, device: str = "cpu") -> Classifier:

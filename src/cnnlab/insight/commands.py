@@ -1,4 +1,4 @@
-"""CLI commands of the insight package: explain (Grad-CAM, feature maps, filters), summary.
+"""CLI commands of the insight package: explain (Grad-CAM, feature maps, filters), summary, report.
 
 Registered through cli.COMMAND_MODULES; handlers parse nothing themselves and raise CnnlabError on bad input.
 """
@@ -35,6 +35,11 @@ def add_commands(sub, data_sub) -> None:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", dest="model_args")
     p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/insight.md)")
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("report", help="(re)write RUN/report.html: one self-contained page about a training run")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--data", metavar="SPEC", help="dataset to evaluate on (default: the run's config.yaml data)")
+    p.set_defaults(func=cmd_report)
 
 
 def print_evaluation(res: dict) -> None:
@@ -169,4 +174,19 @@ def cmd_summary(args: argparse.Namespace) -> int:
         print(json.dumps(s))
     else:
         print_summary(s)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cnnlab import api
+    from cnnlab.insight.report import write_report
+
+    run = Path(args.run)
+    if not run.is_dir():
+        raise ConfigError(f"{run}: not a run folder — pass the folder `cnnlab train` wrote (e.g. runs/train)")
+    if not (run / "model.safetensors").exists():
+        raise ConfigError(f"{run}: no model.safetensors — the run did not finish (resume it with `cnnlab train --resume {run}`)")
+    clf = api.load(run)
+    ds = api.dataset_for_model(clf, args.data) if args.data else None
+    print(f"saved {write_report(run, ds, clf)}")
     return 0

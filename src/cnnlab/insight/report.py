@@ -1,0 +1,196 @@
+"""report.html: one self-contained page per run (images embedded as base64 PNG, no network needed).
+
+Sections: run (status, versions, timings), resolved config, dataset (class counts, sample grid), model
+summary, training curves, metrics table + confusion matrix + calibration, top losses, Grad-CAM examples.
+Written at the end of every training run (api.train) and by `cnnlab report RUN [--data SPEC]`.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from cnnlab.engine.io import write_text_atomic
+from cnnlab.errors import CnnlabError
+
+GRADCAM_EXAMPLES = 4
+TOP_LOSSES = 8  # small galleries: the page is written after every training run
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#1f2328}
+h1{margin-bottom:.2em} h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #d0d7de;padding:3px 8px;text-align:right;font-size:.92em}
+th{background:#f6f8fa} td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:4px 0} .muted{color:#656d76} .grid{display:flex;flex-wrap:wrap;gap:8px}
+pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:.88em}
+"""
+
+
+def _img(path: str | Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _section_run(run: Path) -> str:
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+    keys = [k for k, v in info.items() if not isinstance(v, (dict, list))]
+    return "<h2>Run</h2>" + _table(["field", "value"], [[k, _fmt(info[k])] for k in keys])
+
+
+def _section_config(run: Path) -> str:
+    p = run / "config.yaml"
+    return "<h2>Config</h2>" + (f"<pre>{html.escape(p.read_text())}</pre>" if p.exists() else '<p class="muted">no config.yaml</p>')
+
+
+def _section_dataset(run: Path, ds, tmp: Path) -> str:
+    out = ["<h2>Dataset</h2>"]
+    summary = ds.summary() if ds is not None else (json.loads((run / "run.json").read_text()).get("dataset") if (run / "run.json").exists() else None)
+    if summary:
+        splits = list(summary["class_counts"])
+        rows = [[c] + [summary["class_counts"][s].get(c, 0) for s in splits] for c in summary["classes"]]
+        rows.append(["total"] + [summary["splits"][s] for s in splits])
+        h, w, c = summary["image_shape"]
+        out.append(f"<p>{html.escape(str(summary['spec']))} ({html.escape(str(summary.get('format', '')))}), images {h}x{w}x{c}, "
+                   f"{summary.get('bad_files', 0)} bad files skipped</p>")
+        out.append(_table(["class"] + splits, rows))
+    if (run / "samples.png").exists():
+        out.append(_img(run / "samples.png", "training samples"))
+    return "".join(out)
+
+
+def _section_model(clf) -> str:
+    from cnnlab.insight.summary import GLOBAL, summarize
+
+    s = summarize(clf.model, clf.input_shape)
+    rows = [[r["name"], r["op"], "x".join(map(str, r["output_shape"])), f"{r['parameters']:,}" if r["parameters"] else "",
+             f"{r['macs']:,}" if r["macs"] else "", "global" if r["receptive_field"] == GLOBAL else r["receptive_field"],
+             "" if r["stride"] is None else r["stride"]] for r in s["layers"]]
+    return (f"<h2>Model: {html.escape(s['model'])}</h2><p>{s['total_parameters']:,} parameters, "
+            f"{s['total_macs']:,} multiply-accumulates per image</p>"
+            + _table(["layer", "op", "output", "parameters", "MACs", "receptive field", "stride"], rows))
+
+
+def _section_curves(run: Path, tmp: Path) -> str:
+    from cnnlab.insight.plots import save_curves
+
+    p = run / "metrics.csv"
+    if not p.exists():
+        return ""
+    with open(p, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = ["<h2>Training</h2>"]
+    if (run / "curves.png").exists():
+        out.append(_img(run / "curves.png", "training curves"))
+    elif rows:
+        hist = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows]
+        out.append(_img(save_curves(hist, tmp / "curves.png"), "training curves"))
+    if rows:
+        cols = list(rows[0])
+        out.append(_table(cols, [[_fmt(_maybe_float(r[c])) for c in cols] for r in rows]))
+    return "".join(out)
+
+
+def _maybe_float(v):
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() and "." not in str(v) else f
+    except (TypeError, ValueError):
+        return v
+
+
+def _section_evaluation(clf, ds, tmp: Path) -> str:
+    from cnnlab.insight import figures
+    from cnnlab.insight.evaluation import evaluate_split
+    from cnnlab.insight.gradcam import explain_image
+
+    split = ds.default_eval_split()
+    res = evaluate_split(clf, ds, split)
+    out = [f"<h2>Evaluation ({html.escape(split)}, {res['n']} images)</h2>",
+           _table(["metric", "value"], [["loss", _fmt(res["loss"])], ["accuracy", _fmt(res["accuracy"])], ["ROC-AUC", _fmt(res["roc_auc"])],
+                                        ["ECE", _fmt(res["calibration"]["ece"])]]
+                  + [[f"top-{k} accuracy", _fmt(v)] for k, v in res["top_k_accuracy"].items()]),
+           _table(["class", "precision", "recall", "f1", "support"],
+                  [[r["class"], _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), r["support"]] for r in res["per_class"]]
+                  + [[n.replace("_", " "), _fmt(res[n]["precision"]), _fmt(res[n]["recall"]), _fmt(res[n]["f1"]), res["n"]]
+                     for n in ("macro_avg", "weighted_avg")])]
+    out.append(_img(figures.save_confusion_matrix(res, tmp / "cm.png"), "confusion matrix"))
+    s = ds.split(split)
+    if res["top_losses"]:
+        out.append("<h2>Top losses</h2>" + _img(figures.save_top_losses(s.x, res["top_losses"][:TOP_LOSSES], tmp / "tl.png"), "top losses"))
+    if res["n"]:
+        from cnnlab.insight.plots import save_grid
+
+        idx = np.random.default_rng(0).choice(res["n"], size=min(GRADCAM_EXAMPLES, res["n"]), replace=False)
+        tiles, titles = [], []
+        for i in idx:
+            e = explain_image(clf, s.x[i])
+            tiles += [s.x[i] if s.x[i].shape[2] == 3 else np.repeat(s.x[i], 3, axis=2), e["overlay"]]
+            titles += [f"true {ds.class_names[int(s.y[i])]}", f"{e['class']} {e['probability']:.0%} · {e['layer']}"]
+        out.append("<h2>Grad-CAM (predicted class)</h2>" + _img(save_grid(np.stack(tiles), titles, tmp / "gc.png"), "Grad-CAM examples"))
+    return "".join(out)
+
+
+def build_report(run_dir: str | Path, dataset=None, clf=None) -> str:
+    """The report's HTML. `dataset`/`clf` default to what the run folder names (config.yaml, model file)."""
+    from cnnlab import api
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise CnnlabError(f"{run}: no such run folder")
+    if clf is None:
+        if not (run / "model.safetensors").exists():
+            raise CnnlabError(f"{run}: no model.safetensors — the run did not finish (resume it with `cnnlab train --resume {run}`)")
+        clf = api.load(run)
+    if dataset is None and (run / "config.yaml").exists():
+        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        dataset = api.dataset_for_model(clf, str(cfg.get("data")))
+    title = f"cnnlab run {run.name}"
+    with tempfile.TemporaryDirectory(prefix="cnnlab-report-") as t:
+        tmp = Path(t)
+        parts = [f"<h1>{html.escape(title)}</h1><p class='muted'>{html.escape(str(run.resolve()))}</p>",
+                 _section_run(run), _section_config(run), _section_dataset(run, dataset, tmp), _section_model(clf),
+                 _section_curves(run, tmp)]
+        if dataset is not None:
+            parts.append(_section_evaluation(clf, api.dataset_for_model(clf, dataset), tmp))
+        body = "".join(parts)
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>"
+
+
+def write_report(run_dir: str | Path, dataset=None, clf=None) -> Path:
+    """Write RUN/report.html atomically; returns its path."""
+    path = Path(run_dir) / "report.html"
+    write_text_atomic(path, build_report(run_dir, dataset, clf))
+    return path
+
+
+def write_run_report(result, dataset=None) -> Path | None:
+    """After training: write report.html for a TrainResult; a failure warns and never fails the run."""
+    try:
+        from cnnlab import api
+
+        return write_report(result.run_dir, dataset, api.load(result))
+    except Exception as e:  # the trained model is what matters; the page can be rebuilt with `cnnlab report`
+        warnings.warn(f"report.html not written ({e.__class__.__name__}: {e}) — rebuild it with `cnnlab report {result.run_dir}`", stacklevel=2)
+        return None
