@@ -114,11 +114,13 @@ def test_predict_multipart_and_raw_match_classifier(torch_server, trained_run, i
 def test_onnxruntime_backend_matches_torch(trained_run, images32):
     run, _ = trained_run
     x, _ = images32
-    with live_server(create_app(ServeConfig(model=str(run)))) as url:
+    with live_server(create_app(ServeConfig(model=str(run), ort_chunk=2))) as url:
         assert httpx.get(f"{url}/v1/model").json()["backend"] == "onnxruntime"
-        r = httpx.post(f"{url}/v1/predict", content=png_bytes(x[2]), headers={"content-type": "image/png"})
+        files = [("file", (f"{i}.png", png_bytes(x[i]), "image/png")) for i in range(3)]  # 3 images: two onnxruntime chunks
+        r = httpx.post(f"{url}/v1/predict", files=files)
         assert r.status_code == 200
-        assert abs(r.json()["predictions"][0]["probability"] - Classifier.load(run).predict_proba(x[2:3]).max()) < 1e-4
+        got = [p["top_k"][0]["probability"] if p["class"] == "circle" else 1 - p["top_k"][0]["probability"] for p in r.json()["predictions"]]
+        np.testing.assert_allclose(got, Classifier.load(run).predict_proba(x[:3])[:, 0], atol=1e-4)
         # A decompression bomb under the default 25 MP cap: 6000 x 6000 one-bit PNG, a few KB on the wire.
         bomb = io.BytesIO()
         Image.new("1", (6000, 6000)).save(bomb, format="PNG")
