@@ -1,4 +1,4 @@
-"""CLI commands of the insight package: explain (Grad-CAM, feature maps, filters), summary, report.
+"""CLI commands of the insight package: explain (Grad-CAM, feature maps, filters), summary, report, compare.
 
 Registered through cli.COMMAND_MODULES; handlers parse nothing themselves and raise CnnlabError on bad input.
 """
@@ -40,6 +40,12 @@ def add_commands(sub, data_sub) -> None:
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--data", metavar="SPEC", help="dataset to evaluate on (default: the run's config.yaml data)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="table of configs and final metrics of runs, overlaid curves (PNG + HTML)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", metavar="DIR", default="compare", help="where compare.png and compare.html go (default: compare/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/insight.md)")
+    p.set_defaults(func=cmd_compare)
 
 
 def print_evaluation(res: dict) -> None:
@@ -189,4 +195,30 @@ def cmd_report(args: argparse.Namespace) -> int:
     clf = api.load(run)
     ds = api.dataset_for_model(clf, args.data) if args.data else None
     print(f"saved {write_report(run, ds, clf)}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from cnnlab.insight import compare as C
+
+    result = C.compare_runs(args.runs)
+    for w in result["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    out = Path(args.out)
+    png = C.save_overlaid_curves(result, out / "compare.png")
+    page = C.write_compare_html(result, png, out / "compare.html")
+    if args.json:
+        print(json.dumps({**C.public(result), "files": {"curves": str(png), "html": str(page)}}))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows = C.table_rows(result)
+    t = Table(title="runs")
+    for h in header:
+        t.add_column(h, justify="left" if h in ("run", "model") else "right")
+    for r in rows:
+        t.add_row(*r)
+    Console(width=160).print(t)
+    print(f"saved {png} and {page}")
     return 0
