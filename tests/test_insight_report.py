@@ -32,3 +32,14 @@ def test_report_command_rebuilds_and_reports_missing_files(cli, trained_run, tmp
     (copy / "model.safetensors").unlink()
     assert_clean_error(cli("report", copy), "model.safetensors", "--resume")
     assert_clean_error(cli("report", tmp_path / "nope"), "not a run folder")
+
+
+def test_curves_show_learning_rate_when_recorded(tmp_path):
+    from PIL import Image
+
+    from cnnlab.insight.plots import save_curves
+
+    hist = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.5, "val_loss": 1 / e, "val_accuracy": 0.5, "lr": 0.01 / e} for e in (1, 2, 3)]
+    with_lr = Image.open(save_curves(hist, tmp_path / "a.png")).size[0]
+    without = Image.open(save_curves([{k: v for k, v in h.items() if k != "lr"} for h in hist], tmp_path / "b.png")).size[0]
+    assert with_lr > 1.3 * without  # a third panel: learning rate per epoch

@@ -61,9 +61,17 @@ def save_grid(images: np.ndarray, titles: list[str], path: str | Path, colours: 
 
 
 def save_curves(history: list[dict], path: str | Path) -> Path:
-    """Loss and accuracy per epoch, train vs validation."""
+    """Loss and accuracy per epoch, train vs validation; the learning rate too when the history has it."""
     epochs = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    lrs = [r.get("lr") for r in history]
+    has_lr = any(v is not None and v == v for v in lrs)
+    fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(15 if has_lr else 10, 4))
+    ax1, ax2 = axes[0], axes[1]
+    if has_lr:
+        axes[2].plot(epochs, lrs, "o-", color="#8250df")
+        axes[2].set_xlabel("epoch")
+        axes[2].set_ylabel("learning rate")
+        axes[2].grid(alpha=0.3)
     for ax, key, label in ((ax1, "loss", "loss"), (ax2, "accuracy", "accuracy")):
         ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train")
         val = [r.get(f"val_{key}") for r in history]

@@ -77,7 +77,30 @@ def _section_dataset(run: Path, ds, tmp: Path) -> str:
         out.append(_table(["class"] + splits, rows))
     if (run / "samples.png").exists():
         out.append(_img(run / "samples.png", "training samples"))
+    if ds is not None:
+        out.append(_augmented_grid(run, ds, tmp))
     return "".join(out)
+
+
+def _augmented_grid(run: Path, ds, tmp: Path) -> str:
+    """The training images as the run's augmentation saw them (when it used any)."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    if not cfg or cfg.get("augment") in (None, "none"):
+        return ""
+    try:
+        from cnnlab.data.augment import augment_uint8, resolve_ops
+        from cnnlab.insight.plots import save_grid
+
+        ops = resolve_ops(cfg["augment"], cfg.get("aug_args") or {})
+        if not any(ops.values()):
+            return ""
+        tr = ds.train
+        idx = np.random.default_rng(int(cfg.get("seed") or 0)).choice(len(tr), size=min(16, len(tr)), replace=False)
+        imgs, notes = augment_uint8(tr.x[idx], tr.y[idx], ops, int(cfg.get("seed") or 0))
+        titles = [ds.class_names[int(v)] + n for v, n in zip(tr.y[idx], notes)]
+        return _img(save_grid(imgs, titles, tmp / "aug.png", suptitle=f"augmented ({cfg['augment']})"), "augmented samples")
+    except Exception as e:  # augmentation is another module's: the page still renders without this grid
+        return f'<p class="muted">augmented grid unavailable ({html.escape(e.__class__.__name__)}: {html.escape(str(e))})</p>'
 
 
 def _section_model(clf) -> str:
