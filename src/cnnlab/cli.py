@@ -68,12 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run folder")
     _add_data_options(p)
     S = argparse.SUPPRESS  # unset flags stay unset, so --config values are not overwritten by defaults
-    p.add_argument("--model", default=S, help="registry name (see `cnnlab models`), default seed_cnn")
-    p.add_argument("--model-arg", type=_key_value, action="append", default=S, metavar="KEY=VALUE", dest="model_args")
-    p.add_argument("--epochs", type=int, default=S)
+    p.add_argument("--model", default=S, help="registry name (see `cnnlab models`), default seed_cnn; other models get the recipe in docs/recipes.md")
+    p.add_argument("--model-arg", type=_key_value, action="append", default=S, metavar="KEY=VALUE", dest="model_args", help="model argument, e.g. width=48")
+    p.add_argument("--epochs", type=int, default=S, help="default 5 for seed_cnn; other models train for --time-budget")
+    p.add_argument("--time-budget", type=float, default=S, metavar="SECONDS", help="plan epochs and LR schedule to finish training within this time (default 600 for non-seed models without --epochs)")
     p.add_argument("--batch-size", type=int, default=S)
-    p.add_argument("--lr", type=float, default=S, help="learning rate (default 0.001)")
-    p.add_argument("--weight-decay", type=float, default=S)
+    p.add_argument("--lr", type=float, default=S, help="(peak) learning rate; default 0.001 for seed_cnn, 0.003 otherwise")
+    p.add_argument("--optimizer", choices=("auto", "adamw", "sgd", "adam"), default=S, help="sgd uses Nesterov momentum")
+    p.add_argument("--schedule", choices=("auto", "onecycle", "cosine", "constant", "plateau"), default=S)
+    p.add_argument("--weight-decay", type=float, default=S, help="not applied to norm weights and biases (default 0.05 for AdamW)")
+    p.add_argument("--label-smoothing", type=float, default=S, metavar="F")
+    p.add_argument("--ema", action="store_true", default=S, help="evaluate and save an exponential moving average of the weights")
+    p.add_argument("--grad-clip", type=float, default=S, metavar="NORM", help="clip the global gradient norm (0 = off)")
+    p.add_argument("--patience", type=int, default=S, metavar="N", help="stop after N epochs without a better val accuracy")
+    p.add_argument("--balance", action="store_true", default=S, help="weight the loss by inverse class frequency")
+    p.add_argument("--aug", choices=("auto", "none", "light", "standard", "strong"), default=S, dest="augment", help="augmentation preset")
+    p.add_argument("--aug-arg", type=_key_value, action="append", default=S, metavar="OP=VALUE", dest="aug_args", help="per-op override, e.g. rotate=15 or mixup=0.2")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=S, help="flip TTA for the final test score (default on except seed_cnn)")
     p.add_argument("--seed", type=int, default=S)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=S)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S)
@@ -110,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "val", "test"), default="train")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", metavar="FILE.png")
+    p.add_argument("--augmented", action="store_true", help="show the images as training augments them")
+    p.add_argument("--aug", default="standard", metavar="PRESET", help="with --augmented: none|light|standard|strong (default standard)")
+    p.add_argument("--aug-arg", type=_key_value, action="append", default=[], metavar="OP=VALUE", dest="aug_args")
 
     p = sub.add_parser("models", help="list registered models with parameter counts")
     p.add_argument("--image-size", type=int, default=100)
@@ -152,8 +166,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         base = config_from_dict(load_config_file(args.config), source=Path(args.config).name) if args.config else None
         overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "out", "overwrite", "resume", "quiet")}
-        if "model_args" in overrides:
-            overrides["model_args"] = {**(base.model_args if base else {}), **dict(overrides["model_args"])}
+        for key in ("model_args", "aug_args"):
+            if key in overrides:
+                overrides[key] = {**(getattr(base, key) if base else {}), **dict(overrides[key])}
         cfg = config_from_dict(overrides, base=base, source="command line").validate()
         result = api.train(cfg.model, cfg.data, config=cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
     print(f"run folder: {result.run_dir}")
@@ -245,20 +260,40 @@ def cmd_show(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.insight import plots
 
+    ops = None
+    if args.augmented:
+        from cnnlab.data.augment import augment_uint8, resolve_ops
+
+        ops = resolve_ops(args.aug, dict(args.aug_args))
     ds = api.load_dataset(_need_data(args), **_data_options(args))
     s = ds.split(args.split)
     rng = np.random.default_rng(args.seed)
-    if args.grid:
-        if args.grid < 1:
+    if args.grid or ops is not None:
+        n = args.grid if args.grid is not None else 16
+        if n < 1:
             raise ConfigError("--grid N needs N >= 1")
-        idx = rng.choice(len(s), size=min(args.grid, len(s)), replace=False)
-        out = plots.save_grid(s.x[idx], [ds.class_names[int(v)] for v in s.y[idx]], Path(args.out or "samples.png"))
+        idx = rng.choice(len(s), size=min(n, len(s)), replace=False)
+        x, titles = s.x[idx], [ds.class_names[int(v)] for v in s.y[idx]]
+        if ops is not None:
+            x, notes = augment_uint8(x, s.y[idx], ops, args.seed or 0)
+            titles = [_name_partner(t + note, ds.class_names) for t, note in zip(titles, notes)]
+        out = plots.save_grid(x, titles, Path(args.out or ("augmented.png" if ops is not None else "samples.png")),
+                              suptitle=f"augmented ({args.aug})" if ops is not None else "")
     else:
         i = int(rng.integers(len(s)))
         out = plots.save_image(s.x[i], f"{ds.class_names[int(s.y[i])]}  ({args.split} #{i})", Path(args.out or "sample.png"))
         print(f"{args.split} image #{i}: {ds.class_names[int(s.y[i])]}")
     print(f"saved {out}")
     return 0
+
+
+def _name_partner(title: str, names: list[str]) -> str:
+    """'cat (70%) + 1 (30%)' -> 'cat (70%) + dog (30%)' for mixup/cutmix grids."""
+    head, sep, tail = title.partition(" + ")
+    if not sep:
+        return title
+    idx, _, rest = tail.partition(" ")
+    return f"{head}\n+ {names[int(idx)]} {rest}"
 
 
 def cmd_models(args: argparse.Namespace) -> int:

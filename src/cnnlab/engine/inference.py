@@ -54,9 +54,13 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, x: np.ndarray | torch.Tensor, norm: dict, device: torch.device, precision: str = "fp32", batch_size: int = 256
+    model: nn.Module, x: np.ndarray | torch.Tensor, norm: dict, device: torch.device, precision: str = "fp32", batch_size: int = 256,
+    tta: bool = False,
 ) -> torch.Tensor:
-    """Logits (float32, on CPU) for a uint8 (N, H, W, C) array, in eval mode."""
+    """Logits (float32, on CPU) for a uint8 (N, H, W, C) array, in eval mode.
+
+    tta: test-time augmentation — average the logits of each image and its horizontal mirror.
+    """
     was_training = model.training
     model.eval()
     xt = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
@@ -64,7 +68,11 @@ def predict_logits(
     try:
         for i in range(0, len(xt), batch_size):
             with autocast(device, precision):
-                outs.append(model(to_input(xt[i : i + batch_size], norm, device)).float().cpu())
+                xb = to_input(xt[i : i + batch_size], norm, device)
+                out = model(xb).float()
+                if tta:
+                    out = (out + model(xb.flip(3)).float()) / 2
+                outs.append(out.cpu())
     finally:
         model.train(was_training)
     if not outs:
@@ -72,9 +80,9 @@ def predict_logits(
     return torch.cat(outs)
 
 
-def evaluate_arrays(model, x, y, norm, device, precision="fp32", batch_size=256) -> dict:
-    """Loss and accuracy over a whole split (loss averaged over images)."""
-    logits = predict_logits(model, x, norm, device, precision, batch_size)
+def evaluate_arrays(model, x, y, norm, device, precision="fp32", batch_size=256, tta: bool = False) -> dict:
+    """Loss and accuracy over a whole split (loss averaged over images); tta as in predict_logits."""
+    logits = predict_logits(model, x, norm, device, precision, batch_size, tta=tta)
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
     loss = float(loss_fn(logits, yt)) if len(yt) else float("nan")
     acc = int((predicted_class(logits) == yt).sum()) / len(yt) if len(yt) else float("nan")

@@ -34,9 +34,9 @@ class Classifier:
         c, h, w = self.meta["input_shape"]
         return c, h, w
 
-    def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities (N, K) for uint8 images (N, H, W, C) of the model's input shape."""
-        logits = predict_logits(self.model, x, self.meta["normalization"], self.device, "fp32", batch_size)
+    def predict_proba(self, x: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
+        """Class probabilities (N, K) for uint8 images (N, H, W, C) of the model's input shape (tta: flip-averaged)."""
+        logits = predict_logits(self.model, x, self.meta["normalization"], self.device, "fp32", batch_size, tta=tta)
         return probabilities(logits).numpy()
 
     def load_image(self, path: str | Path) -> np.ndarray:
@@ -52,7 +52,7 @@ class Classifier:
             "top_k": [{"class": names[i], "probability": float(probs[i])} for i in order],
         }
 
-    def predict_files(self, paths: list[str | Path], top_k: int = 5) -> list[dict]:
+    def predict_files(self, paths: list[str | Path], top_k: int = 5, tta: bool = False) -> list[dict]:
         """One result per path: the prediction, or {"path", "error"} for a file that cannot be read."""
         results: list[dict | None] = [None] * len(paths)
         ok_idx, arrays = [], []
@@ -63,7 +63,7 @@ class Classifier:
             except DataError as e:
                 results[i] = {"path": str(p), "error": str(e)}
         if arrays:
-            probs = self.predict_proba(np.stack(arrays))
+            probs = self.predict_proba(np.stack(arrays), tta=tta)
             for i, pr in zip(ok_idx, probs):
                 results[i] = {"path": str(paths[i]), **self.describe(pr, top_k)}
         return results  # type: ignore[return-value]

@@ -18,16 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cnnlab import __version__
 from cnnlab.config import TrainConfig
+from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_targets
 from cnnlab.data.dataset import Dataset
 from cnnlab.engine import run_dir as rd
 from cnnlab.engine.checkpoint import save_checkpoint
 from cnnlab.engine.device import autocast, resolve_device, resolve_precision
+from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.inference import evaluate_arrays, loss_fn, predicted_class, probabilities, to_input
 from cnnlab.engine.model_file import model_metadata, save_model_file
-from cnnlab.errors import TrainingError
+from cnnlab.engine.schedule import LrSchedule
+from cnnlab.errors import CnnlabError, ConfigError, TrainingError
 from cnnlab.insight import plots
 
 
@@ -59,8 +63,42 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only: decaying norm scales and biases just hurts."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """adam | adamw | sgd (Nesterov momentum); 'auto' values are resolved for the model first."""
+    cfg = cfg.resolved()
+    if cfg.optimizer == "adam" and cfg.weight_decay == 0:
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)  # the seed's optimizer, exactly
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def train_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy against soft targets (N, K): mixup/cutmix, label smoothing; the 1-logit head uses BCE on p(class 1)."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        per = F.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 1], reduction="none")
+    else:
+        per = -(targets * F.log_softmax(logits, 1)).sum(1)
+    if weights is None:
+        return per.mean()
+    return (per * weights).sum() / weights.sum()
+
+
+def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Inverse class frequency, normalised so a balanced dataset gets weight 1 everywhere."""
+    counts = torch.bincount(y, minlength=num_classes).clamp(min=1).float()
+    return len(y) / (num_classes * counts)
 
 
 class _Progress:
@@ -122,10 +160,14 @@ def fit(
     quiet: bool = False,
     load_seconds: float | None = None,
 ) -> TrainResult:
-    """Train `model` on `dataset` as `cfg` says and write a run folder. Returns a TrainResult."""
-    cfg.validate()
+    """Train `model` on `dataset` as `cfg` says and write a run folder. Returns a TrainResult.
+
+    'auto' recipe values in cfg are resolved first (cfg.resolved()); the run folder records the result.
+    """
+    cfg = cfg.validate().resolved()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args))
     run = Path(resume_dir) if resume_dir is not None else rd.prepare_run_dir(out, overwrite)
     progress = _Progress(quiet)
 
@@ -133,14 +175,24 @@ def fit(
     meta = model_metadata(model, dataset.class_names, (c, h, w), dataset=dataset.spec)
     norm = meta["normalization"]
     train, val = dataset.train, dataset.splits.get("val")
+    has_val = val is not None and len(val) > 0
     x_train = torch.from_numpy(np.ascontiguousarray(train.x))
     y_train = torch.from_numpy(train.y)
-    n, bs = len(y_train), cfg.batch_size
+    n, bs, k = len(y_train), cfg.batch_size, dataset.num_classes
     steps = math.ceil(n / bs)
+    weights = class_weights(y_train, k).to(device) if cfg.balance else None
+    # the seed's plain loss unless the recipe needs soft targets (identical numbers for the seed pipeline)
+    plain_loss = not (augmenter.ops["mixup"] or augmenter.ops["cutmix"] or cfg.label_smoothing or cfg.balance)
 
     model.to(device).train()
     optimizer = build_optimizer(model, cfg)
+    # With a time budget the number of epochs is planned from measured speed (first batches, then each epoch)
+    planned_epochs = cfg.epochs
+    schedule = LrSchedule(cfg.schedule, planned_epochs * steps)
+    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
     history: list[dict] = []
+    best = {"accuracy": -1.0, "epoch": 0}
+    best_weights: dict | None = None
     start_epoch, start_step, partial = 1, 0, None
     run_info = {
         "status": "running",
@@ -162,6 +214,13 @@ def fit(
         history = list(resume_state["history"])
         start_epoch, start_step = resume_state["epoch"], resume_state["step"]
         partial = resume_state.get("partial")
+        if resume_state.get("schedule"):
+            schedule.load_state_dict(resume_state["schedule"])
+            planned_epochs = min(cfg.epochs, int(resume_state["planned_epochs"]))
+        if ema is not None and resume_state.get("ema"):
+            ema.load_state_dict(resume_state["ema"])
+        best = dict(resume_state.get("best") or best)
+        best_weights = resume_state.get("best_weights")
         run_info.update({k: v for k, v in resume_state.get("run_info", {}).items() if k in ("started", "seconds")})
         run_info["resumed"] = run_info.get("resumed", 0) + 1
         progress.print(f"resuming {run} at epoch {start_epoch}, batch {start_step}/{steps}")
@@ -173,12 +232,22 @@ def fit(
             (run / "bad_files.txt").write_text("".join(f"{p}\t{r}\n" for p, r in dataset.bad_files), encoding="utf-8")
     rd.write_json(run / "run.json", run_info)
 
+    def eval_model() -> nn.Module:
+        return ema.module if ema is not None else model
+
     def checkpoint(epoch: int, step: int, partial_stats: dict | None) -> None:
         save_checkpoint(run / "last.ckpt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(),
             "epoch": epoch, "step": step, "partial": partial_stats, "history": history,
+            "schedule": schedule.state_dict(), "planned_epochs": planned_epochs, "best": best,
+            "ema": ema.state_dict() if ema is not None else None, "best_weights": best_weights,
             "config": cfg.to_dict(), "run_info": {k: run_info[k] for k in ("started", "seconds")},
         })
+
+    def plan_epochs(done: int, seconds_per_epoch: float, elapsed: float) -> int:
+        """How many epochs fit in the time budget, given the measured seconds per epoch."""
+        more = int(max(0.0, cfg.time_budget - elapsed) / max(seconds_per_epoch, 1e-9))
+        return max(done, min(cfg.epochs, done + more))
 
     # The handler only raises a flag: the loop stops at the next batch boundary, where model, optimizer
     # and counters agree, so the saved state resumes exactly. A second signal leaves at once.
@@ -195,21 +264,34 @@ def fit(
         signal.signal(s, on_signal)
     train_seconds = sum(r["seconds"] for r in history)
     epoch, step, stats = start_epoch, start_step, partial
+    stop_reason = None
     try:
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        epoch = start_epoch
+        while epoch <= planned_epochs:
             t0 = time.perf_counter()
             order = epoch_order(n, cfg.seed, epoch)
             stats = stats or {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-            progress.start_epoch(epoch, cfg.epochs, steps, step)
+            progress.start_epoch(epoch, planned_epochs, steps, step)
+            t_first = None
             for step in range(step, steps):
                 if stop_requested:
                     raise Interrupted(stop_requested[0])
+                for group in optimizer.param_groups:  # the schedule is a pure function of the global step
+                    group["lr"] = cfg.lr * schedule.factor((epoch - 1) * steps + step)
                 idx = order[step * bs : (step + 1) * bs]
                 xb = to_input(x_train[idx], norm, device)
                 yb = y_train[idx].to(device, non_blocking=True)
+                y2, lam = None, 1.0
+                if augmenter.enabled:
+                    xb, y2, lam = augmenter(xb, yb, batch_generator(cfg.seed, epoch, step))
+                    xb = xb.contiguous(memory_format=torch.channels_last)
                 with autocast(device, precision):
                     logits = model(xb)
-                loss = loss_fn(logits, yb)
+                if plain_loss:
+                    loss = loss_fn(logits, yb)
+                else:
+                    w_b = None if weights is None else weights[yb] * lam + (0 if y2 is None else weights[y2] * (1 - lam))
+                    loss = train_loss(logits, soft_targets(yb, k, y2, lam, cfg.label_smoothing).to(device), w_b)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"loss became {float(loss)} at epoch {epoch}, batch {step + 1} — lower the learning rate (--lr);"
@@ -218,26 +300,59 @@ def fit(
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
+                if ema is not None:
+                    ema.update(model)
                 stats["loss_sum"] += float(loss.detach()) * len(idx)
                 stats["correct"] += int((predicted_class(logits.detach()) == yb).sum())
                 stats["seen"] += len(idx)
                 progress.step(stats["loss_sum"] / stats["seen"], stats["correct"] / stats["seen"])
+                # time budget, first epoch: estimate the epoch time from batches 2-5 (batch 1 pays warm-up costs)
+                if cfg.time_budget is not None and epoch == 1 and not history:
+                    if step == start_step:
+                        t_first = time.perf_counter()
+                    elif t_first is not None and step == start_step + 4:
+                        per_batch = (time.perf_counter() - t_first) / 4
+                        est = per_batch * steps * (1 + (0.35 * len(val) / n if has_val else 0))
+                        if est > 1.5 * cfg.time_budget:
+                            raise ConfigError(f"--time-budget {cfg.time_budget:g}s is too short for one epoch (about {est:.0f}s here)"
+                                              " — raise it, or use a smaller model, image size or dataset")
+                        planned_epochs = plan_epochs(0, est, 0.0)
+                        schedule.total_steps = planned_epochs * steps
             step = steps
             stats["seconds"] += time.perf_counter() - t0
             t_val = time.perf_counter()
             row = {"epoch": epoch, "train_loss": stats["loss_sum"] / stats["seen"], "train_accuracy": stats["correct"] / stats["seen"],
                    "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"]}
-            if val is not None and len(val):
-                ev = evaluate_arrays(model, val.x, val.y, norm, device, precision)
+            if has_val:
+                ev = evaluate_arrays(eval_model(), val.x, val.y, norm, device, precision)
                 row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
             row["seconds"] = stats["seconds"] + (time.perf_counter() - t_val)
             history.append(row)
             train_seconds += row["seconds"]
-            progress.end_epoch(row, cfg.epochs)
+            progress.end_epoch(row, planned_epochs)
             rd.write_metrics_csv(run / "metrics.csv", history)
+            schedule.epoch_end(row["val_loss"])
+            if has_val and row["val_accuracy"] > best["accuracy"]:  # kept in memory and last.ckpt; written at the end
+                best = {"accuracy": row["val_accuracy"], "epoch": epoch}
+                best_weights = {k: v.detach().clone() for k, v in eval_model().state_dict().items()}
+            if cfg.time_budget is not None:
+                recent = [r["seconds"] for r in history[1:]] or [history[0]["seconds"]]
+                planned_epochs = plan_epochs(epoch, sum(recent) / len(recent), train_seconds)
+                schedule.total_steps = planned_epochs * steps
+                if planned_epochs <= epoch < cfg.epochs:
+                    stop_reason = f"time budget of {cfg.time_budget:g}s reached"
+            if cfg.patience and has_val and epoch - best["epoch"] >= cfg.patience:
+                stop_reason = f"early stopping: no better val accuracy for {cfg.patience} epochs (best {best['accuracy']:.1%} at epoch {best['epoch']})"
             step, stats, partial = 0, None, None
-            checkpoint(epoch + 1, 0, None)
+            epoch += 1
+            checkpoint(epoch, 0, None)
+            if stop_reason:
+                progress.print(stop_reason)
+                break
+        epoch -= 1
     except (Interrupted, KeyboardInterrupt) as e:
         progress.stop()
         if stats is not None and step < steps and len(stop_requested) == 1:
@@ -247,7 +362,7 @@ def fit(
         rd.write_json(run / "run.json", run_info)
         why = e.args[0] if isinstance(e, Interrupted) and e.args else "SIGINT"
         raise TrainingError(f"training interrupted ({why}); state saved in {run / 'last.ckpt'} — resume with: cnnlab train --resume {run}") from None
-    except TrainingError:
+    except CnnlabError:
         progress.stop()
         run_info["status"] = "failed"
         rd.write_json(run / "run.json", run_info)
@@ -256,16 +371,17 @@ def fit(
         for s, h_ in old_handlers.items():
             signal.signal(s, h_)
 
-    # ---- finished: score the test split, write model file, plots and run.json
+    # ---- finished: score the test split (with flip TTA when cfg.tta), write model file, plots and run.json
+    model = eval_model()
     t_eval = time.perf_counter()
     test = None
     if "test" in dataset.splits and len(dataset.splits["test"]):
         ts = dataset.splits["test"]
-        ev = evaluate_arrays(model, ts.x, ts.y, norm, device, precision)
-        test = {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": "test"}
+        ev = evaluate_arrays(model, ts.x, ts.y, norm, device, precision, tta=bool(cfg.tta))
+        test = {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": "test", "tta": bool(cfg.tta)}
         _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
-        progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images)")
-    elif val is not None and len(val):
+        progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images{', flip TTA' if cfg.tta else ''})")
+    elif has_val:
         ev = evaluate_arrays(model, val.x, val.y, norm, device, precision)
         _write_predictions(val, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
     eval_seconds = time.perf_counter() - t_eval
@@ -273,6 +389,11 @@ def fit(
     meta["metrics"] = {"val_accuracy": final.get("val_accuracy"), "test_accuracy": test["accuracy"] if test else None}
     meta["config"] = cfg.to_dict()
     save_model_file(run / "model.safetensors", model, meta)
+    if best_weights is not None:  # the weights of the epoch with the best val accuracy (EMA weights with --ema)
+        final_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(best_weights)
+        save_model_file(run / "best.safetensors", model, {**meta, "metrics": {"val_accuracy": best["accuracy"], "epoch": best["epoch"]}})
+        model.load_state_dict(final_weights)
     plots.save_curves(history, run / "curves.png")
     run_info.update({
         "status": "completed",
@@ -281,6 +402,8 @@ def fit(
         "train_images_per_second": round(n * len(history) / max(train_seconds, 1e-9), 1),
         "final": final,
         "test": test,
+        "best": best if has_val else None,
+        "stopped": stop_reason,
     })
     rd.write_json(run / "run.json", run_info)
     return TrainResult(run, model.eval(), meta, history, test)

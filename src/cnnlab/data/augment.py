@@ -1,0 +1,178 @@
+"""Batch-level augmentation on float NCHW tensors in [0, 1] (runs wherever the batch is: CPU or GPU).
+
+All geometric ops (flip, random resized crop, rotation, translation) are folded into one affine warp per
+batch (`affine_grid` + `grid_sample`), so their cost does not add up. Every op draws from an explicit
+`torch.Generator`, so a batch's augmentation is reproducible from (seed, epoch, step) and resumes exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnlab.errors import ConfigError
+
+# Every op and its "off" value. Probabilities for flips/erasing, fractions/degrees/strengths otherwise.
+OPS: dict[str, float] = {
+    "hflip": 0.0,       # probability of a horizontal flip
+    "vflip": 0.0,       # probability of a vertical flip
+    "crop_scale": 1.0,  # random resized crop: smallest kept area fraction (1 = off)
+    "rotate": 0.0,      # max rotation in degrees
+    "translate": 0.0,   # max shift as a fraction of the image size
+    "brightness": 0.0,  # colour jitter strengths (0.2 = +-20%)
+    "contrast": 0.0,
+    "saturation": 0.0,
+    "erase": 0.0,       # probability of erasing one random rectangle
+    "mixup": 0.0,       # mixup Beta(alpha, alpha); 0 = off
+    "cutmix": 0.0,      # cutmix Beta(alpha, alpha); 0 = off (with mixup too: one of them per batch)
+}
+_LIGHT = {"hflip": 0.5, "translate": 0.1}
+_STANDARD = {**_LIGHT, "crop_scale": 0.6, "rotate": 10.0, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2}
+PRESETS: dict[str, dict[str, float]] = {
+    "none": {},
+    "light": _LIGHT,
+    "standard": _STANDARD,
+    "strong": {**_STANDARD, "erase": 0.25, "mixup": 0.2, "cutmix": 1.0},
+}
+
+
+def resolve_ops(preset: str, overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """The op settings of a preset plus per-op overrides; unknown names are ConfigErrors."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown augmentation {preset!r} — choose one of: {', '.join(PRESETS)}")
+    ops = {**OPS, **PRESETS[preset]}
+    for key, value in (overrides or {}).items():
+        if key not in OPS:
+            raise ConfigError(f"unknown augmentation op {key!r} — valid ops: {', '.join(OPS)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"augmentation op {key} = {value!r} is invalid — expected a number >= 0")
+        ops[key] = float(value)
+    for key in ("hflip", "vflip", "erase"):
+        if ops[key] > 1:
+            raise ConfigError(f"augmentation op {key} = {ops[key]} is a probability — expected a value in [0, 1]")
+    if not 0 < ops["crop_scale"] <= 1:
+        raise ConfigError(f"augmentation op crop_scale = {ops['crop_scale']} is invalid — expected a fraction in (0, 1]")
+    return ops
+
+
+def batch_generator(seed: int, epoch: int, step: int) -> torch.Generator:
+    """The generator for one training batch: a pure function of (seed, epoch, step), so resume is exact."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 100_003 + step + 17)
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def geometric(x: torch.Tensor, ops: dict[str, float], g: torch.Generator) -> torch.Tensor:
+    """Flips, random resized crop, rotation and translation as one affine warp (reflection padding)."""
+    n = x.shape[0]
+    fx = torch.where(torch.rand(n, generator=g) < ops["hflip"], -1.0, 1.0)
+    fy = torch.where(torch.rand(n, generator=g) < ops["vflip"], -1.0, 1.0)
+    warp = ops["crop_scale"] < 1 or ops["rotate"] > 0 or ops["translate"] > 0
+    if not warp:  # flips alone: exact pixel copies, no interpolation
+        if ops["hflip"] > 0:
+            x = torch.where((fx < 0).view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
+        if ops["vflip"] > 0:
+            x = torch.where((fy < 0).view(-1, 1, 1, 1).to(x.device), x.flip(2), x)
+        return x
+    zoom = _uniform(n, ops["crop_scale"], 1.0, g).sqrt()  # side fraction of the crop that fills the output
+    angle = _uniform(n, -ops["rotate"], ops["rotate"], g) * math.pi / 180
+    tx = _uniform(n, -ops["translate"], ops["translate"], g) * 2  # normalised coordinates span 2
+    ty = _uniform(n, -ops["translate"], ops["translate"], g) * 2
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta = torch.stack([torch.stack([cos * fx, -sin * fy, tx], 1), torch.stack([sin * fx, cos * fy, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def colour(x: torch.Tensor, ops: dict[str, float], g: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter, per image, clamped to [0, 1]."""
+    n = x.shape[0]
+    shape = (n, 1, 1, 1)
+    if ops["brightness"] > 0:
+        x = x * (1 + _uniform(n, -ops["brightness"], ops["brightness"], g)).view(shape).to(x)
+    if ops["contrast"] > 0:
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = (x - mean) * (1 + _uniform(n, -ops["contrast"], ops["contrast"], g)).view(shape).to(x) + mean
+    if ops["saturation"] > 0 and x.shape[1] == 3:
+        grey = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        x = (x - grey) * (1 + _uniform(n, -ops["saturation"], ops["saturation"], g)).view(shape).to(x) + grey
+    return x.clamp(0, 1)
+
+
+def _boxes(n: int, h: int, w: int, area: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """(n, h, w) boolean masks of rectangles with the given area fractions at random centres."""
+    bh = (area.sqrt() * h).round().clamp(1, h)
+    bw = (area.sqrt() * w).round().clamp(1, w)
+    cy, cx = torch.rand(n, generator=g) * h, torch.rand(n, generator=g) * w
+    ys, xs = torch.arange(h).view(1, -1, 1), torch.arange(w).view(1, 1, -1)
+    y0, x0 = (cy - bh / 2).clamp(0, h).view(-1, 1, 1), (cx - bw / 2).clamp(0, w).view(-1, 1, 1)
+    return (ys >= y0) & (ys < y0 + bh.view(-1, 1, 1)) & (xs >= x0) & (xs < x0 + bw.view(-1, 1, 1))
+
+
+def erase(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Random erasing: with probability p, one rectangle (2-25% of the image) set to grey."""
+    n, _, h, w = x.shape
+    mask = _boxes(n, h, w, _uniform(n, 0.02, 0.25, g), g) & (torch.rand(n, generator=g) < p).view(-1, 1, 1)
+    return torch.where(mask.unsqueeze(1).to(x.device), torch.full_like(x, 0.5), x)
+
+
+def mix(x: torch.Tensor, y: torch.Tensor, ops: dict[str, float], g: torch.Generator):
+    """Mixup or cutmix with a partner from the same batch. Returns (x, partner labels, weight of the own label)."""
+    use = [k for k in ("mixup", "cutmix") if ops[k] > 0]
+    kind = use[int(torch.randint(len(use), (1,), generator=g))]
+    rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
+    lam = float(rng.beta(ops[kind], ops[kind]))
+    perm = torch.randperm(len(y), generator=g)
+    if kind == "mixup":
+        x = lam * x + (1 - lam) * x[perm.to(x.device)]
+    else:
+        n, _, h, w = x.shape
+        box = _boxes(1, h, w, torch.tensor([1 - lam]), g)[0].to(x.device)
+        x = torch.where(box, x[perm.to(x.device)], x)
+        lam = 1 - float(box.float().mean())  # the area actually pasted
+    return x, y[perm.to(y.device)], lam
+
+
+class Augmenter:
+    """Applies the enabled ops to a batch: geometric -> colour -> erasing -> mixup/cutmix."""
+
+    def __init__(self, ops: dict[str, float]):
+        self.ops = ops
+        self.enabled = any(ops[k] != OPS[k] for k in OPS)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
+        """x float (N, C, H, W) in [0, 1]; returns (x, partner labels or None, own-label weight lam)."""
+        ops = self.ops
+        x = geometric(x, ops, g)
+        if ops["brightness"] or ops["contrast"] or ops["saturation"]:
+            x = colour(x, ops, g)
+        if ops["erase"] > 0:
+            x = erase(x, ops["erase"], g)
+        if (ops["mixup"] > 0 or ops["cutmix"] > 0) and len(y) > 1:
+            return mix(x, y, ops, g)
+        return x, None, 1.0
+
+
+def soft_targets(y: torch.Tensor, num_classes: int, y2: torch.Tensor | None = None, lam: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
+    """(N, K) target distributions: one-hot, mixed with the partner's by lam, smoothed towards uniform."""
+    t = F.one_hot(y, num_classes).float()
+    if y2 is not None:
+        t = lam * t + (1 - lam) * F.one_hot(y2, num_classes).float()
+    return t * (1 - smoothing) + smoothing / num_classes
+
+
+def augment_uint8(x: np.ndarray, y: np.ndarray, ops: dict[str, float], seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Augment uint8 (N, H, W, C) images as training would; returns images and a label note per image
+    ("" or "+ 30% class k" for a mixup/cutmix partner). Used by `cnnlab show --augmented`."""
+    xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    out, y2, lam = Augmenter(ops)(xt, yt, batch_generator(seed, 1, 0))
+    imgs = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    notes = [""] * len(y) if y2 is None else [f" ({lam:.0%}) + {int(b)} ({1 - lam:.0%})" for b in y2]
+    return imgs, notes
