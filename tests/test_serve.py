@@ -249,3 +249,30 @@ def test_serve_cli_errors(cli, tmp_path):
     assert_clean_error(cli("serve", tmp_path / "nope"), "nope", "no such model file")
     assert_clean_error(cli("serve", tmp_path, "--max-batch", "0"), "--max-batch")
     assert_clean_error(cli("serve", tmp_path, "--port", "70000"), "--port")
+
+
+def test_serve_command_starts_a_real_server(trained_run, tmp_path):
+    """`cnnlab serve` as a user runs it: a separate process on 127.0.0.1 that answers and stops on SIGTERM."""
+    import socket
+    import subprocess
+    import sys
+
+    run, _ = trained_run
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "serve", str(run), "--port", str(port), "--backend", "torch"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(1200):  # polled, not timed
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read()
+                time.sleep(0.05)
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/model").json()["classes"] == ["circle", "square"]
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/" in out and "Traceback" not in err
