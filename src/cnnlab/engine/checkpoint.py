@@ -38,4 +38,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CnnlabError(f"{p}: unreadable checkpoint ({str(e).splitlines()[0][:120]}) — it is damaged or not from cnnlab") from None
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         raise CnnlabError(f"{p}: not a cnnlab checkpoint")
+    remove_stale_temp_files(p.parent)
     return state
+
+
+def remove_stale_temp_files(folder: Path) -> list[str]:
+    """Delete temp files that a killed atomic write left behind (`.NAME.XXXX.tmp`); they are never valid.
+
+    Called when a run is resumed, i.e. when no process is writing into the folder any more."""
+    removed = []
+    for t in folder.glob(".*.tmp"):
+        try:
+            t.unlink()
+            removed.append(t.name)
+        except OSError:
+            pass
+    return removed
