@@ -180,3 +180,29 @@ def test_explain_image_contract(trained_run):
         explain_image(clf, img, class_name="triangle")
     with pytest.raises(CnnlabError, match=f"expects {h}x{w}"):
         explain_image(clf, np.zeros((h + 1, w, c), np.uint8))
+
+
+def test_gradcam_inside_inference_mode_and_with_other_threads():
+    import threading
+
+    model = models.create_model("seed_cnn", 3, 3, 32)
+    x = torch.randn(1, 3, 32, 32)
+    expected = gradcam(model, x)
+    with torch.inference_mode():  # a server's request handler may hold inference mode
+        xi = torch.randn(1, 3, 32, 32) + 0 * x
+        _check_heatmap(gradcam(model, xi), (32, 32))
+    stop = threading.Event()
+
+    def other_requests():  # the same model serving other images meanwhile
+        while not stop.is_set():
+            with torch.no_grad():
+                model(torch.randn(4, 3, 32, 32))
+
+    t = threading.Thread(target=other_requests)
+    t.start()
+    try:
+        for _ in range(5):
+            assert np.allclose(gradcam(model, x), expected, atol=1e-5)
+    finally:
+        stop.set()
+        t.join()

@@ -16,6 +16,7 @@ Grad-CAM in five steps:
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -56,8 +57,10 @@ def conv_layers(model: nn.Module, x: torch.Tensor | None = None, input_shape: tu
     order: list[tuple[str, nn.Conv2d]] = []
     seen: set[int] = set()
 
+    me = threading.get_ident()  # a server may run the same model in other threads meanwhile: ignore their calls
+
     def record(module, inputs, output):
-        if id(module) not in seen:
+        if threading.get_ident() == me and id(module) not in seen:
             seen.add(id(module))
             order.append((names.get(module, type(module).__name__), module))
 
@@ -97,15 +100,19 @@ def predicted_index(logits: torch.Tensor) -> int:
 
 def _activations_and_gradients(model: nn.Module, x: torch.Tensor, module: nn.Module, class_idx: int | None):
     store: dict = {}
+    me = threading.get_ident()
 
     def keep(mod, inputs, output):
+        if threading.get_ident() != me:
+            return
         # Clone: a following ReLU(inplace=True) would otherwise overwrite what we saved.
         store["act"] = output.detach().clone()
         output.register_hook(lambda g: store.__setitem__("grad", g.detach().clone()))
 
     handle = module.register_forward_hook(keep)
     try:
-        with torch.enable_grad(), _eval_mode(model):
+        # inference_mode(False): callers (a server) may hold inference mode, which enable_grad cannot undo
+        with torch.inference_mode(False), torch.enable_grad(), _eval_mode(model):
             xg = x.detach().clone().requires_grad_(True)  # a graph exists even if the weights are frozen
             logits = _logits(model, xg).float()
             if class_idx is None:
