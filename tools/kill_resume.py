@@ -4,8 +4,8 @@
 
 One uninterrupted reference run, then trials until --kills SIGKILLs have landed. Each trial starts a
 fresh run and SIGKILLs it at one of three kinds of point: 'write' — the instant the k-th checkpoint temp
-file appears (k random in 1..epochs), i.e. mid-checkpoint-write; 'late' — a random time after the first
-checkpoint exists (mid-epoch); 'early' — a random time before the first checkpoint. It then resumes with
+file appears (k random in 1..epochs), i.e. mid-checkpoint-write; 'late' — a random point inside epoch k+1 (k random in 1..epochs-1, measured by this run's own first-epoch
+duration); 'early' — a random time before the first checkpoint. It then resumes with
 `cnnlab train --resume` (on every fourth trial the resumed process is SIGKILLed once more) until the run
 completes. On CPU with --deterministic the final weights and metrics.csv (minus the wall-time `seconds`
 column) must be bit-identical with the reference, every last.ckpt seen after a kill must load, and no
@@ -73,11 +73,14 @@ def checkpoint_loads(run: Path) -> bool | None:
 def run_and_kill(cmd: list[str], run: Path, mode: str, arg: float, env: dict) -> str:
     """Start `cmd` and SIGKILL it; returns where it died ('finished' if it ended first).
 
-    mode 'time': `arg` seconds after start. 'after-ckpt': `arg` seconds after last.ckpt first exists.
-    'write': the instant the `arg`-th distinct checkpoint temp file (.last.ckpt.XXXX.tmp) is seen."""
+    mode 'time': `arg` seconds after start. 'after-ckpt': arg = k + f (k whole, 0 <= f < 1): once the k-th
+    checkpoint is written, wait f times the first epoch's duration in this same process (so the point
+    falls inside epoch k+1 however loaded the machine is). 'write': the instant the `arg`-th distinct
+    checkpoint temp file (.last.ckpt.XXXX.tmp) is seen."""
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     t0 = time.monotonic()
-    t_ckpt = None
+    t_folder = t_first = due = None
+    ckpts, last_mtime = 0, None
     writes: set[str] = set()
     while p.poll() is None:
         now = time.monotonic() - t0
@@ -91,9 +94,20 @@ def run_and_kill(cmd: list[str], run: Path, mode: str, arg: float, env: dict) ->
                 break
             time.sleep(0.0002)
             continue
-        if mode == "after-ckpt" and t_ckpt is None and (run / "last.ckpt").exists():
-            t_ckpt = now
-        due = arg if mode == "time" else (t_ckpt + arg if t_ckpt is not None else None)
+        if mode == "after-ckpt" and due is None:
+            if t_folder is None and (run / "config.yaml").exists():
+                t_folder = now
+            try:
+                m = os.stat(run / "last.ckpt").st_mtime_ns
+            except FileNotFoundError:
+                m = None
+            if m is not None and m != last_mtime:
+                last_mtime, ckpts = m, ckpts + 1
+                t_first = now if t_first is None else t_first
+                if ckpts == int(arg):
+                    due = now + (arg - int(arg)) * (t_first - (t_folder if t_folder is not None else 0.0))
+        if mode == "time":
+            due = arg
         if due is not None and now >= due:
             p.send_signal(signal.SIGKILL)
             break
@@ -103,8 +117,12 @@ def run_and_kill(cmd: list[str], run: Path, mode: str, arg: float, env: dict) ->
         return "finished"
     if p.returncode != -signal.SIGKILL:
         raise RuntimeError(f"{' '.join(cmd)} failed with {p.returncode}: {p.stderr.read().decode()[-500:]}")
+    if not run.exists():
+        return "before-run-folder"
     if any(n.startswith(".last.ckpt.") for n in os.listdir(run)):
         return "mid-checkpoint-write"
+    if '"completed"' in ((run / "run.json").read_text() if (run / "run.json").exists() else ""):
+        return "after-completion"  # all files written, the process was still exiting
     if mode == "write":
         return "just-after-checkpoint-write"
     return "before-first-checkpoint" if not (run / "last.ckpt").exists() else "mid-epoch"
@@ -129,12 +147,12 @@ def reference(work: Path, env: dict) -> dict:
 def trial(i: int, ref: dict, work: Path, rng: random.Random, env: dict, mode: str | None = None, arg: float | None = None) -> dict:
     """One kill point. mode: 'write' (the instant a checkpoint temp file appears), 'late' (a random
     time after the reference's first checkpoint), 'early' (a random time before it); default by i.
-    `arg` overrides the random choice (k for 'write', seconds for the others)."""
+    `arg` overrides the random choice (see run_and_kill)."""
     run = work / f"kill{i:03d}"
     mode = mode or ("write", "late", "late", "early", "late")[i % 5]
     first, total, given = ref["first_ckpt_s"], ref["total_s"], arg
     how, arg = {"write": ("write", rng.randint(1, EPOCHS)),
-                "late": ("after-ckpt", rng.uniform(0.0, 0.9 * (total - first))),
+                "late": ("after-ckpt", rng.randint(1, EPOCHS - 1) + rng.uniform(0.0, 0.9)),
                 "early": ("time", rng.uniform(0.2 * first, 0.95 * first))}[mode]
     arg = arg if given is None else given
     where = run_and_kill(cnnlab("train", "--data", DATA, *TRAIN, "--out", run), run, how, arg, env)
