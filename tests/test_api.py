@@ -59,3 +59,16 @@ def test_builtin_shapes_options_and_errors():
         cnnlab.load_dataset("builtin:shapes?colour=red")
     with pytest.raises(cnnlab.CnnlabError, match="builtin:shapes or builtin:digits"):
         cnnlab.load_dataset("builtin:cifar")
+
+
+def test_explain_in_python(trained_run, tmp_path):
+    run, _ = trained_run
+    from PIL import Image
+
+    from conftest import two_class_images
+
+    x, _ = two_class_images(2, size=32)
+    Image.fromarray(x[0]).save(tmp_path / "a.png")
+    records = cnnlab.explain(run, tmp_path / "a.png", method="gradcam", filters=True, out=tmp_path / "ex")
+    assert records[0]["filters"].endswith("filters.png") and (tmp_path / "ex" / "filters.png").is_file()
+    assert records[1]["class"] in ("circle", "square") and (tmp_path / "ex" / "a_gradcam.png").is_file()

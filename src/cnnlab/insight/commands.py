@@ -76,79 +76,21 @@ def print_evaluation(res: dict) -> None:
         print(f"saved {path}")
 
 
-def _channel_note(path: Path, channels: int) -> str | None:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:  # header only: the safe decoder (clf.load_image) does the real read
-            mode = im.mode
-    except Exception:
-        return None
-    is_grey = mode in ("1", "L", "I", "I;16", "F", "LA")
-    if channels == 3 and is_grey:
-        return f"{path}: greyscale image converted to RGB for this 3-channel model"
-    if channels == 1 and not is_grey:
-        return f"{path}: {mode} image converted to greyscale for this 1-channel model"
-    return None
-
-
-def _save_explanation(img, results: list[tuple[str, dict]], title: str, path: Path) -> Path:
-    from cnnlab.insight.plots import _save, _show, plt
-
-    fig, axes = plt.subplots(1, 1 + len(results), figsize=(3.2 * (1 + len(results)), 3.6), squeeze=False)
-    _show(axes[0, 0], img)
-    axes[0, 0].set_title("input", fontsize=10)
-    for ax, (method, res) in zip(axes[0, 1:], results):
-        _show(ax, res["overlay"])
-        ax.set_title(f"{'Grad-CAM++' if method == 'gradcam++' else 'Grad-CAM'} · {res['layer']}", fontsize=10)
-    fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
-    import torch
+    from cnnlab.insight.explain import explain
 
-    from cnnlab import api
-    from cnnlab.engine.inference import to_input
-    from cnnlab.engine.predictor import expand_image_paths
-    from cnnlab.insight import features
-    from cnnlab.insight.gradcam import explain_image, fit_channels
-
-    clf = api.load(args.run)
-    paths = expand_image_paths(args.paths)
-    out = Path(args.out)
-    c, h, w = clf.input_shape
-    if args.class_name is not None and args.class_name not in clf.class_names:
-        raise ConfigError(f"unknown class {args.class_name!r} — this model's classes: {', '.join(clf.class_names)}")
-    methods = ("gradcam", "gradcam++") if args.method == "both" else (args.method,)
-    records = []
-    if args.filters:
-        layer, weights = features.first_layer_filters(clf.model, (c, h, w))
-        f = features.save_filters(weights, layer, out / "filters.png")
-        records.append({"filters": str(f), "layer": layer})
-        if not args.json:
-            print(f"saved {f} (filters of {layer})")
-    for i, p in enumerate(paths):
-        note = _channel_note(p, c)
-        if note:
-            print(f"note: {note}", file=sys.stderr)
-        img = clf.load_image(p)
-        results = [(m, explain_image(clf, img, args.class_name, args.layer, m)) for m in methods]
-        first = results[0][1]
-        stem = f"{i:03d}_{p.stem}" if len(paths) > 1 else p.stem
-        fig_path = _save_explanation(img, results, f"{p.name}: {first['class']} ({first['probability']:.1%})", out / f"{stem}_gradcam.png")
-        rec = {"path": str(p), "class": first["class"], "probability": first["probability"], "layer": first["layer"], "gradcam": str(fig_path)}
-        if args.feature_maps:
-            x = to_input(torch.from_numpy(fit_channels(img, c)[0][None].copy()), clf.meta["normalization"], clf.device)
-            layer, maps = features.feature_maps(clf.model, x, args.layer)
-            rec["feature_maps"] = str(features.save_feature_maps(maps, layer, out / f"{stem}_features_{layer}.png"))
-        records.append(rec)
-        if not args.json:
-            print(f"{p}: {rec['class']} ({rec['probability']:.1%}), layer {rec['layer']} — saved {fig_path}"
-                  + (f" and {rec['feature_maps']}" if "feature_maps" in rec else ""))
+    records = explain(args.run, args.paths, method=args.method, layer=args.layer, class_name=args.class_name,
+                      feature_maps=args.feature_maps, filters=args.filters, out=args.out,
+                      note=lambda msg: print(f"note: {msg}", file=sys.stderr))
     if args.json:
         print(json.dumps(records))
+        return 0
+    for rec in records:
+        if "filters" in rec:
+            print(f"saved {rec['filters']} (filters of {rec['layer']})")
+        else:
+            print(f"{rec['path']}: {rec['class']} ({rec['probability']:.1%}), layer {rec['layer']} — saved {rec['gradcam']}"
+                  + (f" and {rec['feature_maps']}" if "feature_maps" in rec else ""))
     return 0
 
 
