@@ -164,3 +164,16 @@ def test_real_process_entry_point(tmp_path):
     r = run_subprocess("train", "--data", data, "--epochs", "1", "--out", tmp_path / "r")
     assert r.code == 0, r
     assert "run folder:" in r.out and "Traceback" not in r.err
+
+
+def test_run_files_get_normal_permissions(trained_run):
+    """Atomic writes go through mkstemp (0600); results must be readable like any other file the user writes."""
+    import os
+    import stat
+
+    run, _ = trained_run
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "metrics.csv", "run.json"):
+        mode = stat.S_IMODE(os.stat(run / name).st_mode)
+        assert mode == 0o666 & ~umask, (name, oct(mode))

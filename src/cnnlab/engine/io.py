@@ -16,6 +16,10 @@ from typing import Iterator
 from cnnlab.errors import CnnlabError
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
+
+
 class WriteError(CnnlabError):
     """An output file could not be written (disk full, read-only, permissions); the old file is unchanged."""
 
@@ -42,6 +46,7 @@ def atomic_path(path: str | os.PathLike, sync: bool = True) -> Iterator[Path]:
     except OSError as e:
         raise _write_failed(path, e) from None
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should get the usual permissions
     try:
         yield Path(tmp)
         if sync:
