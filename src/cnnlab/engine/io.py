@@ -46,9 +46,9 @@ def atomic_path(path: str | os.PathLike, sync: bool = True) -> Iterator[Path]:
     except OSError as e:
         raise _write_failed(path, e) from None
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should get the usual permissions
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp (and some writers) make 0600 files; give results the usual mode
         if sync:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
