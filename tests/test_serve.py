@@ -191,11 +191,22 @@ def test_queue_full_503_timeout_504_and_healthz_under_load(trained_run, images32
         assert 'cnnlab_requests_total{method="POST",path="/v1/predict",status="503"} 1' in text
 
     slow = GatedBackend(clf)
-    with live_server(create_app(ServeConfig(model=str(run), backend="torch", timeout_s=0.2), clf=clf, backend=slow)) as url:
+    with live_server(create_app(ServeConfig(model=str(run), backend="torch", timeout_s=0.2, body_timeout_s=1.0), clf=clf, backend=slow)) as url:
         r = httpx.post(f"{url}/v1/predict", content=body, headers=headers, timeout=30)
         slow.gate.set()
         assert r.status_code == 504 and "longer than" in r.json()["detail"]
         assert httpx.post(f"{url}/v1/predict", content=body, headers=headers, timeout=30).status_code == 200
+        # A client that announces a body and stalls gets 408 instead of holding the request open.
+        import socket
+
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\npartial")
+            reply = b""
+            while chunk := sock.recv(4096):  # the server closes the connection after the 408
+                reply += chunk
+            reply = reply.decode()
+        assert reply.startswith("HTTP/1.1 408") and "not received within" in reply
 
 
 def test_dynamic_batching_groups_waiting_requests(trained_run, images32):

@@ -3,7 +3,8 @@
 Limits (each answered before any work is done where possible):
   body over `max_upload_bytes` -> 413 · content type not multipart/image -> 415 · not an image, corrupt,
   too many decoded pixels -> 400 with the reason · more images than `max_images_per_request` -> 400 ·
-  queue full -> 503 + Retry-After · no answer within `timeout_s` -> 504.
+  queue full -> 503 + Retry-After · no answer within `timeout_s` -> 504 · body not received within
+  `body_timeout_s` -> 408.
 Models load from local files only (never from URLs).
 """
 
@@ -48,7 +49,8 @@ class ServeConfig:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 25_000_000  # decoded pixels per image; beyond -> 400 (decompression bombs)
     max_images_per_request: int = 32
-    timeout_s: float = 10.0
+    timeout_s: float = 10.0  # waiting for the model (504 beyond)
+    body_timeout_s: float = 30.0  # receiving the request body (408 beyond)
     top_k: int = 5
     threads: int = 0  # intra-op threads of the backend; 0 = all cores
     ort_chunk: int = 4  # images per onnxruntime call inside one dynamic batch
@@ -61,8 +63,8 @@ class ServeConfig:
         for name in ("max_batch", "max_queue", "max_upload_bytes", "max_pixels", "max_images_per_request", "top_k", "ort_chunk"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_delay_ms < 0 or self.timeout_s <= 0:
-            raise ConfigError("--max-delay-ms must be >= 0 and --timeout-s > 0")
+        if self.max_delay_ms < 0 or self.timeout_s <= 0 or self.body_timeout_s <= 0:
+            raise ConfigError("--max-delay-ms must be >= 0, --timeout-s and --body-timeout-s > 0")
         return self
 
 
@@ -188,10 +190,14 @@ async def _send_json(send, status: int, detail: str, headers: list | None = None
 
 
 class BodyLimit:
-    """Refuse bodies over `max_bytes` (413) before the app sees them: by Content-Length, else while streaming."""
+    """Refuse bodies over `max_bytes` (413) before the app sees them: by Content-Length, else while streaming.
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    The whole body must arrive within `timeout_s` (else 408), so a slow or stalled client cannot hold a
+    request open forever.
+    """
+
+    def __init__(self, app, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -203,8 +209,12 @@ class BodyLimit:
             if int(length) > self.max_bytes:
                 return await _send_json(send, 413, f"request body of {int(length):,} bytes is over the limit of {self.max_bytes:,} bytes")
         chunks, total = [], 0
+        deadline = time.monotonic() + self.timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return await _send_json(send, 408, f"request body not received within {self.timeout_s:g} s", [(b"connection", b"close")])
             if message["type"] == "http.disconnect":
                 return
             total += len(message.get("body", b""))
@@ -349,7 +359,7 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
             raise HTTPException(404, "not found")
         return Response(_static(name), media_type=types[Path(name).suffix] + "; charset=utf-8")
 
-    return Metered(BodyLimit(app, cfg.max_upload_bytes), metrics)
+    return Metered(BodyLimit(app, cfg.max_upload_bytes, cfg.body_timeout_s), metrics)
 
 
 def _header_safe(text: str) -> str:
