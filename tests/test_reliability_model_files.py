@@ -129,6 +129,7 @@ def test_weights_of_another_architecture(cli, model_file, image, tmp_path):
     # extra and missing tensors
     state = dict(create_model("seed_cnn", 2, 3, (24, 24), filters=8, hidden=16).state_dict())
     state.pop(next(iter(state)))
+    state = {k: v.contiguous() for k, v in state.items()}
     save_file({**state, "backdoor.weight": torch.zeros(1)}, str(foreign), metadata={"cnnlab": json.dumps(meta)})
     assert_clean_error(cli("predict", foreign, image), "foreign.safetensors", "do not match")
 
