@@ -121,8 +121,13 @@ def run_and_kill(cmd: list[str], run: Path, mode: str, arg: float, env: dict) ->
         return "before-run-folder"
     if any(n.startswith(".last.ckpt.") for n in os.listdir(run)):
         return "mid-checkpoint-write"
+    other_tmp = sorted(n for n in os.listdir(run) if n.endswith(".tmp"))
+    if other_tmp:  # mid-write of another file: .NAME.XXXX.tmp
+        return "mid-write-of-" + other_tmp[0][1:].rsplit(".", 2)[0]
     if '"completed"' in ((run / "run.json").read_text() if (run / "run.json").exists() else ""):
         return "after-completion"  # all files written, the process was still exiting
+    if (run / "model.safetensors").exists():
+        return "finishing"  # model written, plots / run.json not yet
     if mode == "write":
         return "just-after-checkpoint-write"
     return "before-first-checkpoint" if not (run / "last.ckpt").exists() else "mid-epoch"
