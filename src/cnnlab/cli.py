@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Feature packages contribute subcommands: each module named here has
 # `add_commands(subparsers, data_subparsers)`, and each parser it adds calls `set_defaults(func=handler)`
 # where `handler(args) -> int`. Handlers raise CnnlabError for bad input, like the commands above.
-COMMAND_MODULES: tuple[str, ...] = ("cnnlab.data.commands", "cnnlab.export.commands", "cnnlab.serve.commands", "cnnlab.insight.commands")
+COMMAND_MODULES: tuple[str, ...] = ("cnnlab.data.commands", "cnnlab.export.commands", "cnnlab.serve.commands", "cnnlab.insight.commands", "cnnlab.tune.commands")
 
 
 # ------------------------------------------------------------------ commands

@@ -1,0 +1,63 @@
+"""`cnnlab tune --data SPEC --trials N [--timeout S] [--space FILE.yaml] [--storage URL] [--study NAME] [--resume]
+[--objective val_accuracy|val_loss] [--epochs N | --time-budget S] [--set KEY=VALUE]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_commands(subparsers, data_subparsers) -> None:
+    from cnnlab.cli import _add_data_options, _key_value
+
+    p = subparsers.add_parser("tune", help="hyperparameter search with Optuna (TPE); best config as YAML for `cnnlab train --config`")
+    _add_data_options(p, defaults=True)
+    p.add_argument("--trials", type=int, metavar="N", help="trials to run in this process (several processes add up)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long")
+    p.add_argument("--space", metavar="FILE.yaml", help="search space replacing the built-in one (format: docs/scale-out.md)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://user:pw@host/db (default: sqlite in --out)")
+    p.add_argument("--study", default="cnnlab", metavar="NAME", help="study name (default cnnlab)")
+    p.add_argument("--resume", action="store_true", help="continue (or join) an existing study instead of creating it")
+    p.add_argument("--objective", choices=("val_accuracy", "val_loss"), default="val_accuracy")
+    p.add_argument("--model", help="fix the model (removes model from the search space)")
+    p.add_argument("--epochs", type=int, metavar="N", help="fix epochs per trial (removes epochs from the space)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="train each trial for this long instead of searching epochs")
+    p.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE", dest="fixed",
+                   help="fix a TrainConfig value for every trial (removes it from the space), e.g. --set augment=none")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every trial (same data split and init)")
+    p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
+    p.add_argument("--out", default="runs/tune", metavar="DIR", help="tune folder (default runs/tune)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from cnnlab.cli import _data_options, _need_data
+    from cnnlab.config import config_from_dict
+    from cnnlab.tune import space as sp
+    from cnnlab.tune.study import tune
+
+    fixed = dict(args.fixed)
+    for key in ("model", "epochs", "time_budget"):
+        if getattr(args, key) is not None:
+            fixed[key] = getattr(args, key)
+    base = config_from_dict({"data": _need_data(args), "seed": args.seed, **_data_options(args), **fixed}, source="tune options").validate()
+    if args.space:
+        space = {k: v for k, v in sp.load_space_file(args.space).items() if k not in fixed}
+    else:
+        space = sp.default_space(fixed)
+    log = (lambda msg: None) if args.json else (lambda msg: print(msg, flush=True))
+    res = tune(base.data, args.trials, out=args.out, space=space, storage=args.storage, study=args.study, resume=args.resume,
+               objective=args.objective, timeout_s=args.timeout, sampler_seed=args.sampler_seed,
+               base=base, log=log)
+    if args.json:
+        print(json.dumps({"study": res.study_name, "storage": res.storage, "out": str(res.out), "ran": res.ran,
+                          "counts": res.counts, "best": res.best, "files": res.files}))
+    else:
+        b = res.best
+        print(f"best: trial {b['number']} {args.objective} {b['value']:.4f} ({', '.join(f'{k}={v}' for k, v in b['params'].items())})")
+        print(f"study {res.study_name!r}: {res.counts}; this process ran {res.ran}")
+        for name, path in res.files.items():
+            print(f"wrote {path}")
+        print(f"train the best config: cnnlab train --config {res.files['best_config']}")
+    return 0
