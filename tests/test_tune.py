@@ -88,7 +88,7 @@ def test_space_model_argument_checked_before_any_trial(tmp_path):
     with pytest.raises(ConfigError, match="has no argument 'depth'"):
         sp.check_models(sp.parse_space({"model": "seed_cnn", "model_args.depth": {"choices": [2, 3]}}, "t"), TrainConfig(data="x"))
     with pytest.raises(ConfigError, match="no width argument"):
-        sp.check_models(sp.parse_space({"model": "layer_list", "width": {"choices": [8]}}, "t"), TrainConfig(data="x"))
+        sp.check_models(sp.parse_space({"model": "mobilenetv2", "width": {"choices": [8]}}, "t"), TrainConfig(data="x"))
 
 
 def test_unreachable_storage_is_a_clean_error_and_hides_the_password(cli, tmp_path):
