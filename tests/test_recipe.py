@@ -171,3 +171,15 @@ def test_bad_recipe_values_are_errors(cli, data, tmp_path):
     assert r.code == 2 and "time_budget" in r.err
     r = cli("train", "--data", data, *TINY, "--label-smoothing", "1.5", "--out", tmp_path / "c")
     assert r.code == 2 and "label_smoothing" in r.err
+
+
+def test_lr_find_suggests_an_lr_and_saves_a_plot(cli, data, tmp_path):
+    out = tmp_path / "lr.png"
+    r = cli("lr-find", "--data", data, "--model", "resnet9", "--model-arg", "width=4", "--batch-size", "32",
+            "--steps", "30", "--end-lr", "10", "--out", out, "--json")
+    assert r.code == 0, r
+    res = json.loads(r.out)
+    assert 5 <= res["steps"] <= 30 and 1e-6 <= res["suggested_lr"] <= 10
+    assert res["lrs"] == sorted(res["lrs"]) and out.stat().st_size > 1000
+    r = cli("lr-find", "--data", data, "--start-lr", "1", "--end-lr", "0.1", "--out", out)
+    assert r.code == 2 and "--start-lr" in r.err

@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     S = argparse.SUPPRESS  # unset flags stay unset, so --config values are not overwritten by defaults
     p.add_argument("--model", default=S, help="registry name (see `cnnlab models`), default seed_cnn; other models get the recipe in docs/recipes.md")
     p.add_argument("--model-arg", type=_key_value, action="append", default=S, metavar="KEY=VALUE", dest="model_args", help="model argument, e.g. width=48")
+    p.add_argument("--model-file", metavar="LAYERS.yaml", help="a custom network as a YAML/JSON layer list (see docs/recipes.md)")
     p.add_argument("--epochs", type=int, default=S, help="default 5 for seed_cnn; other models train for --time-budget")
     p.add_argument("--time-budget", type=float, default=S, metavar="SECONDS", help="plan epochs and LR schedule to finish training within this time (default 600 for non-seed models without --epochs)")
     p.add_argument("--batch-size", type=int, default=S)
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Feature packages contribute subcommands: each module named here has
 # `add_commands(subparsers, data_subparsers)`, and each parser it adds calls `set_defaults(func=handler)`
 # where `handler(args) -> int`. Handlers raise CnnlabError for bad input, like the commands above.
-COMMAND_MODULES: tuple[str, ...] = ("cnnlab.data.commands", "cnnlab.export.commands", "cnnlab.serve.commands", "cnnlab.insight.commands", "cnnlab.tune.commands")
+COMMAND_MODULES: tuple[str, ...] = ("cnnlab.data.commands", "cnnlab.export.commands", "cnnlab.serve.commands", "cnnlab.insight.commands", "cnnlab.engine.lr_find", "cnnlab.tune.commands")
 
 
 # ------------------------------------------------------------------ commands
@@ -165,7 +166,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = api.train(resume=args.resume, quiet=args.quiet)
     else:
         base = config_from_dict(load_config_file(args.config), source=Path(args.config).name) if args.config else None
-        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "out", "overwrite", "resume", "quiet")}
+        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "out", "overwrite", "resume", "quiet", "model_file")}
+        if args.model_file:
+            from cnnlab.models.layer_list import read_model_file
+
+            overrides["model"] = "layer_list"
+            overrides["model_args"] = [*overrides.get("model_args", []), ("layers", read_model_file(args.model_file))]
         for key in ("model_args", "aug_args"):
             if key in overrides:
                 overrides[key] = {**(getattr(base, key) if base else {}), **dict(overrides[key])}

@@ -340,7 +340,10 @@ def fit(
                 best_weights = {k: v.detach().clone() for k, v in eval_model().state_dict().items()}
             if cfg.time_budget is not None:
                 recent = [r["seconds"] for r in history[1:]] or [history[0]["seconds"]]
-                planned_epochs = plan_epochs(epoch, sum(recent) / len(recent), train_seconds)
+                replanned = plan_epochs(epoch, sum(recent) / len(recent), train_seconds)
+                # shorten any time; lengthen only in the first half, or extra epochs would run at the schedule's tail LR
+                if replanned < planned_epochs or epoch < planned_epochs / 2:
+                    planned_epochs = replanned
                 schedule.total_steps = planned_epochs * steps
                 if planned_epochs <= epoch < cfg.epochs:
                     stop_reason = f"time budget of {cfg.time_budget:g}s reached"
