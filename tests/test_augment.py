@@ -86,3 +86,12 @@ def test_show_augmented_saves_a_grid(cli, tmp_path):
     assert out.stat().st_size > 1000
     r = cli("show", "--data", "builtin:shapes", "--augmented", "--aug", "wild")
     assert r.code == 2 and "wild" in r.err
+
+
+def test_boxes_are_clipped_at_the_border_never_larger_than_asked():
+    from cnnlab.data.augment import _boxes
+
+    area = torch.full((200,), 0.5)
+    frac = _boxes(200, 32, 32, area, torch.Generator().manual_seed(0)).float().mean((1, 2))
+    assert (frac <= 0.5 + 0.05).all() and (frac > 0.1).all()
+    assert frac.mean() < 0.45  # boxes near an edge lose their outside part

@@ -111,8 +111,10 @@ def _boxes(n: int, h: int, w: int, area: torch.Tensor, g: torch.Generator) -> to
     bw = (area.sqrt() * w).round().clamp(1, w)
     cy, cx = torch.rand(n, generator=g) * h, torch.rand(n, generator=g) * w
     ys, xs = torch.arange(h).view(1, -1, 1), torch.arange(w).view(1, 1, -1)
-    y0, x0 = (cy - bh / 2).clamp(0, h).view(-1, 1, 1), (cx - bw / 2).clamp(0, w).view(-1, 1, 1)
-    return (ys >= y0) & (ys < y0 + bh.view(-1, 1, 1)) & (xs >= x0) & (xs < x0 + bw.view(-1, 1, 1))
+    # clipped at the borders (as in the CutMix paper), so a box near an edge is smaller, never shifted inwards
+    y0, y1 = (cy - bh / 2).clamp(0, h).view(-1, 1, 1), (cy + bh / 2).clamp(0, h).view(-1, 1, 1)
+    x0, x1 = (cx - bw / 2).clamp(0, w).view(-1, 1, 1), (cx + bw / 2).clamp(0, w).view(-1, 1, 1)
+    return (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
 
 
 def erase(x: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
