@@ -157,3 +157,27 @@ def test_failed_trials_are_recorded_with_reason_and_the_study_goes_on(cli, tmp_p
     assert r.code == 0, r
     assert [t["state"] for t in rows(out / "trials.csv")] == ["fail", "fail", "complete"]
     assert yaml.safe_load((out / "best_config.yaml").read_text())["lr"] == 0.003
+
+
+def test_ctrl_c_stops_the_study_cleanly_and_keeps_the_interrupted_trial_on_record(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "tune"
+    space = write_space(tmp_path / "space.yaml", "model: seed_cnn\nwidth: 8\nlr: 0.003\n")
+    p = subprocess.Popen([sys.executable, "-m", "cnnlab", "tune", "--data", DATA, "--trials", "3", "--epochs", "200", "--space", space,
+                          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "trials" / "0000" / "metrics.csv"
+    deadline = time.monotonic() + 180
+    while not metrics.exists():  # the first epoch of trial 0 is done: training (and its signal handling) is running
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "trial 0 never finished an epoch"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    table = rows(out / "trials.csv")
+    assert [t["state"] for t in table] == ["fail"] and "training interrupted" in table[0]["error"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_commands(subparsers, data_subparsers) -> None:
@@ -47,9 +48,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         space = sp.default_space(fixed)
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, flush=True))
-    res = tune(base.data, args.trials, out=args.out, space=space, storage=args.storage, study=args.study, resume=args.resume,
-               objective=args.objective, timeout_s=args.timeout, sampler_seed=args.sampler_seed,
-               base=base, log=log)
+    try:
+        res = tune(base.data, args.trials, out=args.out, space=space, storage=args.storage, study=args.study, resume=args.resume,
+                   objective=args.objective, timeout_s=args.timeout, sampler_seed=args.sampler_seed,
+                   base=base, log=log)
+    except KeyboardInterrupt:  # the study keeps every finished trial; the interrupted one is recorded as failed
+        print(f"interrupted — continue the study with the same command plus --resume (study {args.study!r})", file=sys.stderr)
+        return 130
     if args.json:
         print(json.dumps({"study": res.study_name, "storage": res.storage, "out": str(res.out), "ran": res.ran,
                           "counts": res.counts, "best": res.best, "files": res.files}))
