@@ -44,6 +44,7 @@ def test_default_space_drops_epochs_when_training_length_is_fixed():
     assert "epochs" in sp.default_space()
     assert "epochs" not in sp.default_space({"time_budget": 30.0})
     assert "epochs" not in sp.default_space({"epochs": 2}) and "lr" in sp.default_space({"epochs": 2})
+    assert "width" not in sp.default_space({"model": "mobilenetv2"}) and "width" in sp.default_space({"model": "resnet9"})
 
 
 def test_width_maps_to_each_models_own_argument():

@@ -76,6 +76,11 @@ def default_space(fixed: dict[str, Any] | None = None) -> dict[str, Param]:
     }
     if "time_budget" in fixed or "epochs" in fixed:
         space.pop("epochs")
+    if "model" in fixed:  # a fixed model without a width argument (e.g. mobilenetv2's width_mult): width is not searched
+        from cnnlab.models._registry import get_model_entry
+
+        if width_arg(get_model_entry(str(fixed["model"])).arg_names()) is None:
+            space.pop("width")
     return {k: v for k, v in space.items() if k not in fixed}
 
 
