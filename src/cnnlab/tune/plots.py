@@ -52,7 +52,7 @@ def _history(complete: list, maximize: bool, path: Path, objective: str) -> str:
 
 
 def _importances(study, complete: list, path: Path) -> str | None:
-    """Optuna's fANOVA importances; needs at least two complete trials with a varying parameter."""
+    """Optuna's parameter importances (its default evaluator); needs at least two complete trials with a varying parameter."""
     import matplotlib.pyplot as plt
     import optuna
 
@@ -71,7 +71,7 @@ def _importances(study, complete: list, path: Path) -> str | None:
     names = list(imp)[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2))
     ax.barh(names, [imp[n] for n in names])
-    ax.set_xlabel("importance (fANOVA)")
+    ax.set_xlabel("importance (Optuna's default evaluator)")
     ax.set_title("parameter importances")
     return _save(fig, path)
 
@@ -90,8 +90,10 @@ def _parallel(complete: list, path: Path, objective: str) -> str | None:
         vals = [t.params.get(n) for t in complete]
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
             lo, hi = min(vals), max(vals)
-            cols.append([(v - lo) / (hi - lo) if hi > lo else 0.5 for v in vals])
-            ticks.append(f"{n}\n[{lo:.3g}, {hi:.3g}]")
+            log = lo > 0 and hi / lo > 20  # lr, weight decay: spread on a log axis like their search range
+            f = (lambda v: float(np.log(v))) if log else float
+            cols.append([(f(v) - f(lo)) / (f(hi) - f(lo)) if hi > lo else 0.5 for v in vals])
+            ticks.append(f"{n}{' (log)' if log else ''}\n[{lo:.3g}, {hi:.3g}]")
         else:
             cats = sorted({str(v) for v in vals})
             cols.append([(cats.index(str(v)) / (len(cats) - 1)) if len(cats) > 1 else 0.5 for v in vals])
