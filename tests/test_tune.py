@@ -124,6 +124,8 @@ def test_tune_writes_outputs_resumes_and_best_config_trains(cli, tmp_path):
     assert len(rows(out / "trials.csv")) == 2
     missing = cli(*["tune", "--data", DATA, "--trials", "1", "--study", "other", "--resume", "--out", str(out)])
     assert_clean_error(missing, "no study named 'other'", "cnnlab")
+    other_objective = cli("tune", "--data", DATA, "--trials", "1", "--resume", "--objective", "val_loss", "--out", str(out))
+    assert_clean_error(other_objective, "optimises val_accuracy", "--objective val_accuracy")
 
     r = cli(*["tune", "--data", DATA, "--trials", "1", "--epochs", "1", "--space", space, "--out", str(out), "--resume", "--json"])
     assert r.code == 0, r
