@@ -41,6 +41,7 @@ def test_train_prints_epochs_run_folder_and_test_accuracy(cli, tmp_path):
     assert r.code == 0, r
     assert "epoch 1/2" in r.out and "epoch 2/2" in r.out and "val_acc" in r.out
     assert f"run folder: {tmp_path / 'r'}" in r.out
+    assert f"report: {tmp_path / 'r' / 'report.html'}" in r.out
     assert "test accuracy:" in r.out
 
 

@@ -8,6 +8,7 @@ and missing content types, malformed multipart bodies, junk query values and unk
 from __future__ import annotations
 
 import io
+import os
 
 import httpx
 import numpy as np
@@ -82,7 +83,7 @@ def test_openapi_driven_fuzz_never_5xx(fuzz_target):
         multipart = bool(ctypes) and draw(st.booleans())
         return m, path, params, body, ctype, multipart, draw(st.integers(0, 3))
 
-    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @settings(max_examples=int(os.environ.get("CNNLAB_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
     @given(req=requests())
     def check(req):
         m, path, params, body, ctype, multipart, nfiles = req

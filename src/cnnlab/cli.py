@@ -178,6 +178,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = config_from_dict(overrides, base=base, source="command line").validate()
         result = api.train(cfg.model, cfg.data, config=cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
     print(f"run folder: {result.run_dir}")
+    if (result.run_dir / "report.html").is_file():
+        print(f"report: {result.run_dir / 'report.html'} (open it in a browser)")
     if result.test:
         print(f"test accuracy: {result.test['accuracy']:.4f} (loss {result.test['loss']:.4f}, {result.test['n']} images)")
     return 0
