@@ -184,3 +184,42 @@ def test_ctrl_c_stops_the_study_cleanly_and_keeps_the_interrupted_trial_on_recor
     assert "Traceback" not in err and "--resume" in err
     table = rows(out / "trials.csv")
     assert [t["state"] for t in table] == ["fail"] and "training interrupted" in table[0]["error"]
+# ---------------------------------------------------------------- per-epoch callback and pruning
+
+
+def test_on_epoch_end_sees_each_epoch_and_stop_training_leaves_a_resumable_run(tmp_path):
+    from cnnlab import api
+    from cnnlab.engine.run_dir import read_run_json
+    from cnnlab.engine.trainer import StopTraining
+
+    seen = []
+
+    def stop_after_first(row):
+        seen.append(row)
+        raise StopTraining("enough")
+
+    run = tmp_path / "run"
+    with pytest.raises(StopTraining):
+        api.train("seed_cnn", DATA, epochs=2, out=run, quiet=True, model_args={"filters": 8}, on_epoch_end=stop_after_first)
+    assert [r["epoch"] for r in seen] == [1] and 0.0 <= seen[0]["val_accuracy"] <= 1.0
+    assert read_run_json(run)["status"] == "stopped" and (run / "last.ckpt").is_file()
+    assert not (run / "model.safetensors").exists()
+    resumed = api.train(resume=run, quiet=True, on_epoch_end=seen.append)  # the stopped run continues at epoch 2
+    assert [r["epoch"] for r in resumed.history] == [1, 2] and [r["epoch"] for r in seen] == [1, 2]
+
+
+def test_median_pruner_stops_a_poor_trial_after_one_epoch(cli, tmp_path):
+    out = tmp_path / "tune"
+    common = ["tune", "--data", "builtin:digits?size=28", "--objective", "val_loss", "--set", "precision=fp32", "--out", str(out)]
+    good = write_space(tmp_path / "good.yaml", "model: seed_cnn\nwidth: 8\nbatch_size: 32\nlr: 0.003\nepochs: 1\n")
+    assert cli(*common, "--trials", "2", "--space", good).code == 0
+    # same init and data order; a learning rate too small to move the loss is worse than the median at epoch 1
+    # (digits: 25 steps per epoch, enough for lr 0.003 to lower the loss clearly)
+    slow = write_space(tmp_path / "slow.yaml", "model: seed_cnn\nwidth: 8\nbatch_size: 32\nlr: 1.0e-7\nepochs: 3\n")
+    r = cli(*common, "--trials", "1", "--space", slow, "--resume")
+    assert r.code == 0, r
+    assert "trial 2: pruned after epoch 1" in r.out
+    table = rows(out / "trials.csv")
+    assert [t["state"] for t in table] == ["complete", "complete", "pruned"]
+    assert table[2]["epochs_reported"] == "1"
+    assert yaml.safe_load((out / "best_config.yaml").read_text())["lr"] == 0.003

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch.nn as nn
@@ -86,17 +86,22 @@ def dataset_for_config(cfg: TrainConfig) -> Dataset:
 
 def train(model: nn.Module | str | None = None, data: Dataset | str | None = None, *, config: TrainConfig | None = None,
           out: str | Path | None = None, overwrite: bool = False, resume: str | Path | None = None, quiet: bool = False,
-          **overrides: Any) -> TrainResult:
-    """Train and write a run folder. `model` is a module or registry name; `data` a Dataset or SPEC."""
+          on_epoch_end: Callable[[dict], None] | None = None, **overrides: Any) -> TrainResult:
+    """Train and write a run folder. `model` is a module or registry name; `data` a Dataset or SPEC.
+
+    `on_epoch_end(row)` is called after each epoch with its metrics row (as in history); raising
+    cnnlab.engine.trainer.StopTraining there ends the run after that epoch (the exception propagates).
+    """
     if resume is not None:
-        return _resume(resume, quiet)
+        return _resume(resume, quiet, on_epoch_end)
     cfg = config_for(model if model is not None else (config.model if config else "seed_cnn"),
                      data if data is not None else (config.data if config else ""), base=config, **overrides)
     ds = data if isinstance(data, Dataset) else dataset_for_config(cfg)
     if not isinstance(model, nn.Module):
         model = create_model(cfg.model, ds, seed=cfg.seed, **cfg.model_args)
     _check_model_fits(model, ds)
-    result = fit(model, ds, cfg, out, overwrite=overwrite, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None))
+    result = fit(model, ds, cfg, out, overwrite=overwrite, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
+                 on_epoch_end=on_epoch_end)
     write_run_report(result, ds)
     return result
 
@@ -117,7 +122,7 @@ def _check_model_fits(model: nn.Module, ds: Dataset) -> None:
         raise ModelError(f"model has {out.shape[1]} outputs but the dataset has {ds.num_classes} classes — build it with create_model(name, dataset)")
 
 
-def _resume(run_dir: str | Path, quiet: bool) -> TrainResult:
+def _resume(run_dir: str | Path, quiet: bool, on_epoch_end: Callable[[dict], None] | None = None) -> TrainResult:
     run_dir = Path(run_dir)
     if read_run_json(run_dir).get("status") == "completed":
         raise CnnlabError(f"{run_dir}: this run already completed — start a new run instead of --resume")
@@ -125,7 +130,8 @@ def _resume(run_dir: str | Path, quiet: bool) -> TrainResult:
     cfg = config_from_dict(state["config"], source=str(run_dir / "last.ckpt")).validate()
     ds = dataset_for_config(cfg)
     model = create_model(cfg.model, ds, **cfg.model_args)
-    result = fit(model, ds, cfg, resume_state=state, resume_dir=run_dir, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None))
+    result = fit(model, ds, cfg, resume_state=state, resume_dir=run_dir, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
+                 on_epoch_end=on_epoch_end)
     write_run_report(result, ds)
     return result
 

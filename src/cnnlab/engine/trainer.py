@@ -14,6 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -33,6 +34,13 @@ from cnnlab.engine.model_file import model_metadata, save_model_file
 from cnnlab.engine.schedule import LrSchedule
 from cnnlab.errors import CnnlabError, ConfigError, TrainingError
 from cnnlab.insight import plots
+
+
+class StopTraining(Exception):
+    """Raised by an `on_epoch_end` callback to end the run after this epoch (e.g. a pruned tune trial).
+
+    fit marks the run 'stopped' (last.ckpt is at the epoch boundary) and re-raises it to the caller.
+    """
 
 
 class Interrupted(Exception):
@@ -159,6 +167,7 @@ def fit(
     resume_dir: str | Path | None = None,
     quiet: bool = False,
     load_seconds: float | None = None,
+    on_epoch_end: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train `model` on `dataset` as `cfg` says and write a run folder. Returns a TrainResult.
 
@@ -352,6 +361,8 @@ def fit(
             step, stats, partial = 0, None, None
             epoch += 1
             checkpoint(epoch, 0, None)
+            if on_epoch_end is not None:  # after the checkpoint: a StopTraining here leaves a resumable run
+                on_epoch_end(dict(row))
             if stop_reason:
                 progress.print(stop_reason)
                 break
@@ -365,6 +376,11 @@ def fit(
         rd.write_json(run / "run.json", run_info)
         why = e.args[0] if isinstance(e, Interrupted) and e.args else "SIGINT"
         raise TrainingError(f"training interrupted ({why}); state saved in {run / 'last.ckpt'} — resume with: cnnlab train --resume {run}") from None
+    except StopTraining:
+        progress.stop()
+        run_info["status"] = "stopped"
+        rd.write_json(run / "run.json", run_info)
+        raise
     except CnnlabError:
         progress.stop()
         run_info["status"] = "failed"

@@ -1,5 +1,5 @@
 """`cnnlab tune --data SPEC --trials N [--timeout S] [--space FILE.yaml] [--storage URL] [--study NAME] [--resume]
-[--objective val_accuracy|val_loss] [--epochs N | --time-budget S] [--set KEY=VALUE]`."""
+[--objective val_accuracy|val_loss] [--pruner median|halving|none] [--epochs N | --time-budget S] [--set KEY=VALUE]`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def add_commands(subparsers, data_subparsers) -> None:
     p.add_argument("--study", default="cnnlab", metavar="NAME", help="study name (default cnnlab)")
     p.add_argument("--resume", action="store_true", help="continue (or join) an existing study instead of creating it")
     p.add_argument("--objective", choices=("val_accuracy", "val_loss"), default="val_accuracy")
+    p.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
+                   help="stop poor trials after an epoch: median of earlier trials (default), successive halving, or none")
     p.add_argument("--model", help="fix the model (removes model from the search space)")
     p.add_argument("--epochs", type=int, metavar="N", help="fix epochs per trial (removes epochs from the space)")
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="train each trial for this long instead of searching epochs")
@@ -50,7 +52,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, flush=True))
     try:
         res = tune(base.data, args.trials, out=args.out, space=space, storage=args.storage, study=args.study, resume=args.resume,
-                   objective=args.objective, timeout_s=args.timeout, sampler_seed=args.sampler_seed,
+                   objective=args.objective, timeout_s=args.timeout, pruner=args.pruner, sampler_seed=args.sampler_seed,
                    base=base, log=log)
     except KeyboardInterrupt:  # the study keeps every finished trial; the interrupted one is recorded as failed
         print(f"interrupted — continue the study with the same command plus --resume (study {args.study!r})", file=sys.stderr)

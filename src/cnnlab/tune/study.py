@@ -4,9 +4,10 @@ Storage is Optuna's RDB storage: SQLite in the tune folder by default, or any SQ
 (`postgresql://user@host/db`), which lets several `cnnlab tune` processes on any machines share one
 study: Optuna hands each process its own trial numbers, so no trial runs twice and counts add up.
 A trial that raises (NaN loss -> TrainingError, a crash) is recorded as FAIL with its reason in the
-trial's `error` attribute; the study goes on. The tune folder receives best_config.yaml (accepted by
-`cnnlab train --config`), trials.csv and three plots; they cover every trial of the study, including
-those of other processes.
+trial's `error` attribute; the study goes on. Trials report their validation score after every epoch
+(fit's `on_epoch_end`), so the pruner (median or successive halving) can stop poor trials early.
+The tune folder receives best_config.yaml (accepted by `cnnlab train --config`), trials.csv and three
+plots; they cover every trial of the study, including those of other processes.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Any, Callable
 
 from cnnlab.config import TrainConfig
 from cnnlab.engine.io import write_text_atomic
+from cnnlab.engine.trainer import StopTraining
 from cnnlab.errors import CnnlabError, ConfigError, TrainingError
 from cnnlab.tune import space as sp
 
 OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}
+PRUNERS = ("median", "halving", "none")
 
 
 @dataclass
@@ -89,9 +92,20 @@ def open_study(storage, name: str, direction: str, objective: str, resume: bool,
     return study
 
 
+def make_pruner(kind: str):
+    """Per-epoch pruning: each trial reports its validation score after every epoch (step = epoch)."""
+    import optuna
+
+    if kind == "median":  # stop a trial whose epoch-e score is worse than the median of earlier trials at epoch e
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if kind == "halving":  # successive halving: keep the best third at epochs 1, 3, 9, ...
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
 def tune(data, trials: int | None, *, out: str | Path = "runs/tune", space: dict[str, sp.Param] | None = None,
          storage: str | None = None, study: str = "cnnlab", resume: bool = False, objective: str = "val_accuracy",
-         timeout_s: float | None = None, sampler_seed: int | None = None,
+         timeout_s: float | None = None, pruner: str = "median", sampler_seed: int | None = None,
          base: TrainConfig | None = None, log: Callable[[str], None] = print) -> TuneResult:
     """Run `trials` trials (in this process) of a study; write best_config.yaml, trials.csv and plots to `out`.
 
@@ -105,6 +119,8 @@ def tune(data, trials: int | None, *, out: str | Path = "runs/tune", space: dict
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective {objective!r} is invalid — choose {' or '.join(OBJECTIVES)}")
+    if pruner not in PRUNERS:
+        raise ConfigError(f"--pruner {pruner!r} is invalid — choose one of {', '.join(PRUNERS)}")
     if trials is not None and trials < 1 or timeout_s is not None and not timeout_s > 0:
         raise ConfigError("--trials must be >= 1 and --timeout > 0 seconds")
     if trials is None and timeout_s is None:
@@ -124,7 +140,7 @@ def tune(data, trials: int | None, *, out: str | Path = "runs/tune", space: dict
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trial lines are printed below, one per trial
     rdb = open_storage(url)
     sampler = optuna.samplers.TPESampler(seed=sampler_seed)
-    st = open_study(rdb, study, OBJECTIVES[objective], objective, resume, sampler, optuna.pruners.NopPruner(), url)
+    st = open_study(rdb, study, OBJECTIVES[objective], objective, resume, sampler, make_pruner(pruner), url)
     log(f"study {study!r} in {mask_url(url)}: {len(st.trials)} earlier trials; searching "
         + "; ".join(p.describe() for p in space.values()))
 
@@ -134,20 +150,29 @@ def tune(data, trials: int | None, *, out: str | Path = "runs/tune", space: dict
         try:
             cfg = sp.apply(sp.sample(space, trial), base, f"trial {trial.number}")
             trial.set_user_attr("config", cfg.to_dict())
-            result = api.train(cfg.model, ds, config=cfg, out=run_dir, overwrite=True, quiet=True)
+            result = api.train(cfg.model, ds, config=cfg, out=run_dir, overwrite=True, quiet=True,
+                               on_epoch_end=lambda row: report_epoch(trial, row))
             values = [r[objective] for r in result.history if r.get(objective) is not None]
             value = (max if objective == "val_accuracy" else min)(values) if values else float("nan")
             if not math.isfinite(value):
                 raise TrainingError(f"{objective} is {value} — the trial produced no finite validation score")
             return value
-        except optuna.TrialPruned:
-            raise
+        except StopTraining:  # pruned after an epoch: Optuna records the trial as PRUNED, not failed
+            raise optuna.TrialPruned() from None
         except Exception as e:  # recorded on the trial, then Optuna marks it FAIL and the study goes on
             reason = str(e) if isinstance(e, CnnlabError) else f"{type(e).__name__}: {e}"
             trial.set_user_attr("error", reason.strip().splitlines()[0][:500] if reason.strip() else type(e).__name__)
             if _interrupted(run_dir):
                 raise KeyboardInterrupt from None
             raise
+
+    def report_epoch(trial, row: dict) -> None:
+        value = row.get(objective)
+        if value is None or not math.isfinite(value):
+            return
+        trial.report(value, row["epoch"])
+        if trial.should_prune():
+            raise StopTraining(f"pruned after epoch {row['epoch']}")
 
     ran = [0]
 
