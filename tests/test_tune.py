@@ -110,7 +110,7 @@ def test_trials_or_timeout_required(cli, tmp_path):
 def test_tune_writes_outputs_resumes_and_best_config_trains(cli, tmp_path):
     space = write_space(tmp_path / "space.yaml", SMALL_SPACE)
     out = tmp_path / "tune"
-    r = cli(*["tune", "--data", DATA, "--trials", "2", "--epochs", "1", "--space", space, "--out", str(out), "--sampler-seed", "1"])
+    r = cli(*["tune", "--data", DATA, "--trials", "2", "--epochs", "1", "--space", space, "--pruner", "none", "--out", str(out), "--sampler-seed", "1"])
     assert r.code == 0, r
     for name in ("trials.csv", "best_config.yaml", "history.png", "parallel.png", "study.db"):
         assert (out / name).is_file(), name
@@ -119,7 +119,7 @@ def test_tune_writes_outputs_resumes_and_best_config_trains(cli, tmp_path):
     assert 0.0 <= float(table[0]["val_accuracy"]) <= 1.0 and table[0]["width"] in ("8", "16")
 
     # the same study name again without --resume: a clash, nothing runs
-    again = cli(*["tune", "--data", DATA, "--trials", "1", "--epochs", "1", "--space", space, "--out", str(out)])
+    again = cli(*["tune", "--data", DATA, "--trials", "1", "--epochs", "1", "--space", space, "--pruner", "none", "--out", str(out)])
     assert_clean_error(again, "already exists", "--resume")
     assert len(rows(out / "trials.csv")) == 2
     missing = cli(*["tune", "--data", DATA, "--trials", "1", "--study", "other", "--resume", "--out", str(out)])
@@ -127,7 +127,7 @@ def test_tune_writes_outputs_resumes_and_best_config_trains(cli, tmp_path):
     other_objective = cli("tune", "--data", DATA, "--trials", "1", "--resume", "--objective", "val_loss", "--out", str(out))
     assert_clean_error(other_objective, "optimises val_accuracy", "--objective val_accuracy")
 
-    r = cli(*["tune", "--data", DATA, "--trials", "1", "--epochs", "1", "--space", space, "--out", str(out), "--resume", "--json"])
+    r = cli(*["tune", "--data", DATA, "--trials", "1", "--epochs", "1", "--space", space, "--pruner", "none", "--out", str(out), "--resume", "--json"])
     assert r.code == 0, r
     import json
 

@@ -81,7 +81,7 @@ def postgres_url():
 
 def _tune(url: str, out: Path, space: Path, *extra: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "cnnlab", "tune", "--data", DATA, "--trials", "2", "--epochs", "1", "--space", str(space),
-           "--storage", url, "--study", "shared", "--out", str(out), "--json", *extra]
+           "--storage", url, "--study", "shared", "--pruner", "none", "--out", str(out), "--json", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
