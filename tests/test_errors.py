@@ -131,7 +131,7 @@ def test_model_file_never_unpickles(tmp_path):
     assert not marker.exists()
 
 def test_ctrl_c_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path):
-    data = write_seed_csv(tmp_path / "d", n_train=1500, n_test=20, size=48)
+    data = write_seed_csv(tmp_path / "d", n_train=800, n_test=20, size=32)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     p = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--data", str(data), "--epochs", "30", "--batch-size", "16", "--out", str(run)],
