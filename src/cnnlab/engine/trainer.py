@@ -271,9 +271,15 @@ def fit(
     old_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
     for s in old_handlers:
         signal.signal(s, on_signal)
+
+    def restore_handlers() -> None:
+        for s, h_ in old_handlers.items():
+            signal.signal(s, h_)
+
     train_seconds = sum(r["seconds"] for r in history)
     epoch, step, stats = start_epoch, start_step, partial
     stop_reason = None
+    training_finished = False
     try:
         epoch = start_epoch
         while epoch <= planned_epochs:
@@ -367,6 +373,7 @@ def fit(
                 progress.print(stop_reason)
                 break
         epoch -= 1
+        training_finished = True
     except (Interrupted, KeyboardInterrupt) as e:
         progress.stop()
         if stats is not None and step < steps and len(stop_requested) == 1:
@@ -387,44 +394,51 @@ def fit(
         rd.write_json(run / "run.json", run_info)
         raise
     finally:
-        for s, h_ in old_handlers.items():
-            signal.signal(s, h_)
+        if not training_finished:  # leaving with an error or a stop: the caller gets its handlers back now
+            restore_handlers()
 
-    # ---- finished: score the test split (with flip TTA when cfg.tta), write model file, plots and run.json
-    model = eval_model()
-    t_eval = time.perf_counter()
-    test = None
-    if "test" in dataset.splits and len(dataset.splits["test"]):
-        ts = dataset.splits["test"]
-        ev = evaluate_arrays(model, ts.x, ts.y, norm, device, precision, tta=bool(cfg.tta))
-        test = {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": "test", "tta": bool(cfg.tta)}
-        _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
-        progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images{', flip TTA' if cfg.tta else ''})")
-    elif has_val:
-        ev = evaluate_arrays(model, val.x, val.y, norm, device, precision)
-        _write_predictions(val, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
-    eval_seconds = time.perf_counter() - t_eval
-    final = history[-1] if history else {}
-    meta["metrics"] = {"val_accuracy": final.get("val_accuracy"), "test_accuracy": test["accuracy"] if test else None}
-    meta["config"] = cfg.to_dict()
-    save_model_file(run / "model.safetensors", model, meta)
-    if best_weights is not None:  # the weights of the epoch with the best val accuracy (EMA weights with --ema)
-        final_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(best_weights)
-        save_model_file(run / "best.safetensors", model, {**meta, "metrics": {"val_accuracy": best["accuracy"], "epoch": best["epoch"]}})
-        model.load_state_dict(final_weights)
-    plots.save_curves(history, run / "curves.png")
-    run_info.update({
-        "status": "completed",
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "seconds": {"load": load_seconds, "train": round(train_seconds, 3), "evaluate": round(eval_seconds, 3)},
-        "train_images_per_second": round(n * len(history) / max(train_seconds, 1e-9), 1),
-        "final": final,
-        "test": test,
-        "best": best if has_val else None,
-        "stopped": stop_reason,
-    })
-    rd.write_json(run / "run.json", run_info)
+    # A stop signal during the final writes (a few seconds) is noted and the run completes: the handlers stay
+    # installed until the model file and run.json are written, so the run never ends half-finished.
+    try:
+        # ---- finished: score the test split (with flip TTA when cfg.tta), write model file, plots and run.json
+        model = eval_model()
+        t_eval = time.perf_counter()
+        test = None
+        if "test" in dataset.splits and len(dataset.splits["test"]):
+            ts = dataset.splits["test"]
+            ev = evaluate_arrays(model, ts.x, ts.y, norm, device, precision, tta=bool(cfg.tta))
+            test = {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": "test", "tta": bool(cfg.tta)}
+            _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
+            progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images{', flip TTA' if cfg.tta else ''})")
+        elif has_val:
+            ev = evaluate_arrays(model, val.x, val.y, norm, device, precision)
+            _write_predictions(val, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
+        eval_seconds = time.perf_counter() - t_eval
+        final = history[-1] if history else {}
+        meta["metrics"] = {"val_accuracy": final.get("val_accuracy"), "test_accuracy": test["accuracy"] if test else None}
+        meta["config"] = cfg.to_dict()
+        save_model_file(run / "model.safetensors", model, meta)
+        if best_weights is not None:  # the weights of the epoch with the best val accuracy (EMA weights with --ema)
+            final_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(best_weights)
+            save_model_file(run / "best.safetensors", model, {**meta, "metrics": {"val_accuracy": best["accuracy"], "epoch": best["epoch"]}})
+            model.load_state_dict(final_weights)
+        plots.save_curves(history, run / "curves.png")
+        run_info.update({
+            "status": "completed",
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": {"load": load_seconds, "train": round(train_seconds, 3), "evaluate": round(eval_seconds, 3)},
+            "train_images_per_second": round(n * len(history) / max(train_seconds, 1e-9), 1),
+            "final": final,
+            "test": test,
+            "best": best if has_val else None,
+            "stopped": stop_reason,
+        })
+        rd.write_json(run / "run.json", run_info)
+    finally:
+        restore_handlers()
+    if stop_requested:
+        progress.print(f"{stop_requested[0]} arrived while the finished run was being written; the run completed first")
     return TrainResult(run, model.eval(), meta, history, test)
 
 
