@@ -178,3 +178,20 @@ def test_run_files_get_normal_permissions(trained_run):
     for name in ("model.safetensors", "metrics.csv", "run.json"):
         mode = stat.S_IMODE(os.stat(run / name).st_mode)
         assert mode == 0o666 & ~umask, (name, oct(mode))
+
+
+def test_evaluate_and_predict_with_flip_tta_match_a_hand_computation(cli, trained_run, tmp_path):
+    run, data = trained_run
+    model, _ = load_model_file(run)
+    x = np.loadtxt(data / "input_test.csv", delimiter=",").reshape(-1, 32, 32, 3) / 255.0
+    y = np.loadtxt(data / "labels_test.csv").astype(int)
+    xt = torch.tensor(x, dtype=torch.float32).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        logit = (model(xt) + model(torch.flip(xt, dims=[3]))) / 2  # mirror = flip the width axis
+    p1 = torch.sigmoid(logit[:, 0]).numpy()
+    res = json.loads(cli("evaluate", run, "--data", data, "--json", "--tta").out)
+    assert res["accuracy"] == pytest.approx(accuracy_score(y, p1 > 0.5), abs=1e-9)
+    assert res["loss"] == pytest.approx(log_loss(y, p1, labels=[0, 1]), rel=1e-4)
+    Image.fromarray((x[0] * 255).round().astype(np.uint8)).save(tmp_path / "one.png")
+    pred = json.loads(cli("predict", run, tmp_path / "one.png", "--json", "--tta").out)[0]
+    assert pred["probability"] == pytest.approx(max(p1[0], 1 - p1[0]), abs=1e-5)

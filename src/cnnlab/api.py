@@ -164,7 +164,7 @@ def dataset_for_model(clf: Classifier, data: Dataset | str) -> Dataset:
 
 
 def evaluate(run: str | Path | TrainResult | Classifier, data: Dataset | str, split: str | None = None, batch_size: int = 256,
-             plots: str | Path | None = None) -> dict:
+             plots: str | Path | None = None, tta: bool = False) -> dict:
     """Loss, accuracy and the full metrics report on a split (default: test when present, else val, else train).
 
     Keys are documented in docs/insight.md; `plots` names a folder for the evaluation figures.
@@ -174,21 +174,21 @@ def evaluate(run: str | Path | TrainResult | Classifier, data: Dataset | str, sp
     clf = load(run)
     ds = dataset_for_model(clf, data)
     split = split or ds.default_eval_split()
-    return evaluate_split(clf, ds, split, batch_size, plots)
+    return evaluate_split(clf, ds, split, batch_size, plots, tta=tta)
 
 
-def predict(run: str | Path | TrainResult | Classifier, inputs: str | Path | np.ndarray | list, top_k: int = 5) -> list[dict] | dict:
+def predict(run: str | Path | TrainResult | Classifier, inputs: str | Path | np.ndarray | list, top_k: int = 5, tta: bool = False) -> list[dict] | dict:
     """Predict image files/folders (a list of results) or one file / image array (one result)."""
     clf = load(run)
     if isinstance(inputs, np.ndarray):
         x = inputs if inputs.ndim == 4 else inputs[None]
         if x.ndim == 4 and x.shape[-1] not in (1, 3):
             raise DataError(f"image array has shape {inputs.shape} — expected (H, W, C) or (N, H, W, C) uint8")
-        res = [clf.describe(p, top_k) for p in clf.predict_proba(x)]
+        res = [clf.describe(p, top_k) for p in clf.predict_proba(x, tta=tta)]
         return res if inputs.ndim == 4 else res[0]
     single = isinstance(inputs, (str, Path)) and Path(inputs).is_file()
     paths = expand_image_paths([inputs] if isinstance(inputs, (str, Path)) else list(inputs))
-    results = clf.predict_files(paths, top_k)
+    results = clf.predict_files(paths, top_k, tta=tta)
     if single:
         if "error" in results[0]:
             raise DataError(results[0]["error"])

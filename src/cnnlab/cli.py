@@ -103,11 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/insight.md)")
     p.add_argument("--plots", metavar="DIR", help="also save confusion matrix, calibration, per-class, top-loss figures in DIR")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average each image with its mirror")
 
     p = sub.add_parser("predict", help="predict image files/folders, or a random test image with --data --random")
     p.add_argument("run", metavar="MODEL|RUN_DIR")
     p.add_argument("paths", nargs="*", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average each image with its mirror")
     p.add_argument("--json", action="store_true")
     _add_data_options(p, defaults=True)
     p.add_argument("--random", action="store_true", help="with --data: predict a random image and save a PNG with prediction and truth")
@@ -202,7 +204,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     clf = api.load(args.run)
     data = _need_data(args)
     ds = api.load_dataset(data, **{**_model_data_options(clf), **_data_options(args)}) if _data_options(args) else data
-    res = api.evaluate(clf, ds, split=args.split, batch_size=args.batch_size, plots=args.plots)
+    res = api.evaluate(clf, ds, split=args.split, batch_size=args.batch_size, plots=args.plots, tta=args.tta)
     if args.json:
         print(json.dumps(res))
     else:
@@ -231,7 +233,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         split = args.split or ds.default_eval_split()
         s = ds.split(split)
         i = int(np.random.default_rng(args.seed).integers(len(s)))
-        res = clf.describe(clf.predict_proba(s.x[i : i + 1])[0], args.top_k)
+        res = clf.describe(clf.predict_proba(s.x[i : i + 1], tta=args.tta)[0], args.top_k)
         truth = ds.class_names[int(s.y[i])]
         ok = res["class"] == truth
         out = Path(args.out or "prediction.png")
@@ -248,7 +250,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("predict needs IMAGE_OR_FOLDER paths, or --data SPEC --random")
     from cnnlab.engine.predictor import expand_image_paths
 
-    results = clf.predict_files(expand_image_paths(args.paths), args.top_k)
+    results = clf.predict_files(expand_image_paths(args.paths), args.top_k, tta=args.tta)
     failed = [r for r in results if "error" in r]
     if args.json:
         print(json.dumps(results))

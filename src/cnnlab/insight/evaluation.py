@@ -11,10 +11,10 @@ from cnnlab.engine.inference import evaluate_arrays, probabilities
 from cnnlab.insight import metrics as M
 
 
-def evaluate_split(clf, ds, split: str, batch_size: int = 256, plots: str | Path | None = None) -> dict:
+def evaluate_split(clf, ds, split: str, batch_size: int = 256, plots: str | Path | None = None, tta: bool = False) -> dict:
     """Loss, accuracy, n, split plus classification_report, top_losses and (with `plots`) figure paths."""
     s = ds.split(split)
-    ev = evaluate_arrays(clf.model, s.x, s.y, clf.meta["normalization"], clf.device, "fp32", batch_size)
+    ev = evaluate_arrays(clf.model, s.x, s.y, clf.meta["normalization"], clf.device, "fp32", batch_size, tta=tta)
     names = clf.class_names
     y = np.asarray(s.y, dtype=np.int64)
     logits = ev["logits"] if len(y) else torch.empty(0, 1 if len(names) == 2 else len(names))
