@@ -57,18 +57,6 @@ def run_side(cmd: list[str], env: dict | None = None) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores"
-
-
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3g} ({min(values):.3g}–{max(values):.3g})"
 
@@ -127,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         ratio_lines.append(f"| {side} | {spread(tr)}× | {spread(ev)}× | {spread(ld)}× | {spread(cl)}× | {spread(acc)} |")
     import torch
 
+    from cnnlab.engine.device import cpu_description
+
     header = (
         f"### seed pipeline: cnnlab vs Keras — {time.strftime('%Y-%m-%d')}\n\n"
         f"Command: `python -m benchmarks.seed_vs_keras --repeats {args.repeats} --epochs {args.epochs} --batch-size {args.batch_size} --models {args.models}`  \n"
-        f"Machine: {machine()}; Python {platform.python_version()}, torch {torch.__version__}, TensorFlow {k[0]['version']}  \n"
+        f"Machine: {cpu_description()}; Python {platform.python_version()}, torch {torch.__version__}, TensorFlow {k[0]['version']}  \n"
         f"Data: {data if args.data else args.source} as seed CSVs, 100×100×3, {n_train} train / {n_test} test images; "
         f"{args.repeats} alternating repeats, median (min–max).\n\n"
         "| side | CSV load s | train s | evaluate s | train img/s | eval img/s | test acc % |\n|---|---|---|---|---|---|---|\n"

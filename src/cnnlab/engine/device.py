@@ -22,6 +22,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_description() -> str:
+    """CPU model and core count, for run.json and benchmark provenance ("AMD EPYC, 2 cores")."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def cpu_has_native_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()

@@ -27,7 +27,7 @@ from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_ta
 from cnnlab.data.dataset import Dataset
 from cnnlab.engine import run_dir as rd
 from cnnlab.engine.checkpoint import save_checkpoint
-from cnnlab.engine.device import autocast, resolve_device, resolve_precision
+from cnnlab.engine.device import autocast, cpu_description, resolve_device, resolve_precision
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.inference import evaluate_arrays, loss_fn, predicted_class, probabilities, to_input
 from cnnlab.engine.model_file import model_metadata, save_model_file
@@ -208,7 +208,7 @@ def fit(
         "cnnlab_version": __version__,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
-        "machine": f"{platform.processor() or platform.machine()} {torch.get_num_threads()} threads",
+        "machine": f"{cpu_description()}, {torch.get_num_threads()} torch threads",
         "device": str(device),
         "precision": precision,
         "seed": cfg.seed,
