@@ -45,6 +45,17 @@ def write_image_folder(root: Path, n_per_class: int = 30, size: int = 40, exts=(
     return root
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny nets on a shared 2-core machine run much faster on one thread (no OpenMP spin contention)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def seed_dir(tmp_path: Path) -> Path:
     return write_seed_csv(tmp_path / "seed")

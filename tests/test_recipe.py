@@ -19,13 +19,7 @@ from conftest import write_seed_csv
 TINY = ("--model", "resnet9", "--model-arg", "width=4", "--batch-size", "32", "--quiet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets on a shared 2-core machine run many times faster on one thread (no OpenMP spin contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 @pytest.fixture(scope="module")

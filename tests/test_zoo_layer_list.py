@@ -10,13 +10,7 @@ import torch
 from cnnlab import models
 from cnnlab.errors import ModelError
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny nets on a shared 2-core machine run much faster on one thread (no OpenMP spin contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.one_thread
 
 
 YAML = """\
