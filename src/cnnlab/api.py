@@ -145,16 +145,19 @@ def load(run_or_model: str | Path | TrainResult, device: str = "cpu") -> Classif
     return Classifier.load(run_or_model, device)
 
 
-def dataset_for_model(clf: Classifier, data: Dataset | str) -> Dataset:
-    """Load `data` the way the model saw its training data (size, channels, classes, split seed)."""
+def dataset_for_model(clf: Classifier, data: Dataset | str, **overrides: Any) -> Dataset:
+    """Load `data` the way the model saw its training data (size, channels, classes, split seed).
+
+    `overrides` are load_dataset options that win over the ones taken from the model (e.g. CLI flags).
+    """
     if isinstance(data, Dataset):
         ds = data
     else:
         cfg = dict(clf.meta.get("config") or {})
         c, h, w = clf.input_shape
         opts = {k: cfg[k] for k in ("image_shape", "val_split", "seed", "max_bad_fraction") if cfg.get(k) is not None}
-        opts["classes"] = cfg.get("classes")
-        ds = load_dataset(data, image_size=h if h == w else None, channels=c, **opts)
+        opts.update(classes=cfg.get("classes"), image_size=h if h == w else None, channels=c)
+        ds = load_dataset(data, **{**opts, **overrides})
     c, h, w = clf.input_shape
     if tuple(ds.image_shape) != (h, w, c):
         raise DataError(f"{ds.spec}: images are {ds.image_shape[0]}x{ds.image_shape[1]}x{ds.image_shape[2]} but the model expects {h}x{w}x{c}")

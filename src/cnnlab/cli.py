@@ -203,7 +203,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     clf = api.load(args.run)
     data = _need_data(args)
-    ds = api.load_dataset(data, **{**_model_data_options(clf), **_data_options(args)}) if _data_options(args) else data
+    ds = api.dataset_for_model(clf, data, **_data_options(args))
     res = api.evaluate(clf, ds, split=args.split, batch_size=args.batch_size, plots=args.plots, tta=args.tta)
     if args.json:
         print(json.dumps(res))
@@ -214,13 +214,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_data_options(clf) -> dict:
-    cfg = clf.meta.get("config") or {}
-    c, h, w = clf.input_shape
-    opts = {k: cfg[k] for k in ("image_shape", "classes", "val_split", "seed") if cfg.get(k) is not None}
-    return {**opts, "image_size": h if h == w else None, "channels": c}
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.insight import plots
@@ -229,7 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.random:
         import numpy as np
 
-        ds = api.dataset_for_model(clf, api.load_dataset(_need_data(args), **{**_model_data_options(clf), **_data_options(args)}))
+        ds = api.dataset_for_model(clf, _need_data(args), **_data_options(args))
         split = args.split or ds.default_eval_split()
         s = ds.split(split)
         i = int(np.random.default_rng(args.seed).integers(len(s)))
