@@ -309,7 +309,7 @@ def fit(
                     loss = train_loss(logits, soft_targets(yb, k, y2, lam, cfg.label_smoothing).to(device), w_b)
                 if not torch.isfinite(loss):
                     raise TrainingError(
-                        f"loss became {float(loss)} at epoch {epoch}, batch {step + 1} — lower the learning rate (--lr);"
+                        f"loss became {float(loss.detach())} at epoch {epoch}, batch {step + 1} — lower the learning rate (--lr);"
                         + (f" the last good state is in {run / 'last.ckpt'}" if (run / "last.ckpt").exists()
                            else " no checkpoint was saved yet (it diverged in the first epoch)")
                     )
