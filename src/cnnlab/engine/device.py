@@ -7,6 +7,7 @@ with bf16): weights and the optimizer stay fp32, convolutions and matmuls run in
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from cnnlab.errors import ConfigError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    tune_cpu_allocator()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -22,9 +24,36 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+_allocator_tuned = False
+
+
+def tune_cpu_allocator() -> None:
+    """Keep freed tensor memory in the process instead of returning it to the OS after every step.
+
+    glibc serves blocks above 32 MB with mmap and unmaps them on free, so each training step page-faults
+    its large activations in again (filling 39 MB of fresh pages cost ~20 ms per tensor here, as much as the
+    pooling itself). Turning mmap off and trimming only above 512 MB made a seed_cnn CPU step ~1.45x faster.
+    Glibc only; ``CNNLAB_MALLOC_TUNING=0`` leaves the allocator alone.
+    """
+    global _allocator_tuned
+    if _allocator_tuned or os.environ.get("CNNLAB_MALLOC_TUNING", "1") == "0":
+        return
+    _allocator_tuned = True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):
+            return
+        m_trim_threshold, m_mmap_max = -1, -4
+        libc.mallopt(m_mmap_max, 0)
+        libc.mallopt(m_trim_threshold, 512 << 20)
+    except (OSError, AttributeError):
+        pass
+
+
 def cpu_description() -> str:
     """CPU model and core count, for run.json and benchmark provenance ("AMD EPYC, 2 cores")."""
-    import os
     import platform
 
     model = platform.processor() or platform.machine()

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.models._registry import register_model
+from cnnlab.models.fused import MaxPoolReLU
 from cnnlab.models.layers import ZooNet, check_size, conv_bn_act, stem_stride
 
 
@@ -28,9 +29,8 @@ class Residual(nn.Module):
 
 
 def _pool_block(cin: int, cout: int) -> nn.Sequential:
-    # conv -> BN -> pool -> ReLU: max-pool and ReLU commute, and ReLU on the pooled map touches 4x fewer elements
-    conv = conv_bn_act(cin, cout, act=None)
-    return nn.Sequential(conv, nn.MaxPool2d(2, ceil_mode=True), nn.ReLU(inplace=True))
+    # conv -> BN -> pool+ReLU: max-pool and ReLU commute, and the fused kernel (models/fused.py) does both in one pass
+    return nn.Sequential(conv_bn_act(cin, cout, act=None), MaxPoolReLU(ceil_mode=True))
 
 
 @register_model

@@ -4,9 +4,10 @@ Keras original: Conv2D(32,3x3,relu) -> MaxPool(2) -> Conv2D(32,3x3,relu) -> MaxP
 Dense(64,relu) -> Dense(1,sigmoid). For two classes the head has one output (a logit; sigmoid is
 applied by the loss/prediction code), for K classes it has K outputs (softmax).
 
-Speed: max-pool is applied before ReLU. max and ReLU commute (ReLU is monotonic), so the result is
-identical, but ReLU then touches 4x fewer elements — the pooling/elementwise ops, not the convolutions,
-dominate CPU time for this net. Flatten uses Keras' (H, W, C) order so weights map one-to-one.
+Speed: max-pool is applied before ReLU, fused into one kernel (models/fused.py). max and ReLU commute
+(ReLU is monotonic), so the result is identical, but ReLU then touches 4x fewer elements — the
+pooling/elementwise ops, not the convolutions, dominate CPU time for this net. Flatten uses Keras'
+(H, W, C) order so weights map one-to-one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.models._registry import register_model
+from cnnlab.models.fused import max_pool2_relu
 
 
 def _conv_out(n: int) -> int:
@@ -41,9 +43,8 @@ class SeedCNN(nn.Module):
         self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(F.max_pool2d(self.conv1(x), 2))
-        x = F.relu(F.max_pool2d(self.conv2(x), 2))
-        return x
+        x = max_pool2_relu(self.conv1(x))
+        return max_pool2_relu(self.conv2(x))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(x.permute(0, 2, 3, 1), 1)  # Keras flattens (H, W, C)

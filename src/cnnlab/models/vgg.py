@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from cnnlab.models._registry import register_model
+from cnnlab.models.fused import MaxPoolReLU
 from cnnlab.models.layers import ZooNet, check_size, conv_bn_act
 
 
@@ -16,10 +17,11 @@ def _vgg(num_classes, in_channels, image_size, width, stages, convs_per_stage, d
     cin = in_channels
     for i in range(stages):
         cout = width * 2 ** min(i, 3)
-        for _ in range(convs_per_stage):
-            layers.append(conv_bn_act(cin, cout))
+        for j in range(convs_per_stage):
+            # the stage's last ReLU runs after the pool, fused with it (they commute; models/fused.py)
+            layers.append(conv_bn_act(cin, cout, act="relu" if j < convs_per_stage - 1 else None))
             cin = cout
-        layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        layers.append(MaxPoolReLU(ceil_mode=True))
     return ZooNet(nn.Identity(), nn.Sequential(*layers), cin, num_classes, dropout)
 
 

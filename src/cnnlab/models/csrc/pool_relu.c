@@ -1,0 +1,140 @@
+/* Fused 2x2 / stride-2 max-pool + ReLU for channels-last (NHWC) tensors, float32 and bfloat16.
+ *
+ * Same mathematics as torch's relu(max_pool2d(x, 2, ceil_mode=...)) including ties (the first maximum in
+ * window order top-left, top-right, bottom-left, bottom-right gets the gradient) and NaN propagation.
+ * Forward writes the output plus a 1-byte window position per element (torch keeps an int64 index), and
+ * backward writes every element of the input gradient exactly once, so nothing needs a separate zero fill.
+ * Rows are split over threads with pthreads (no OpenMP: it would bring a second runtime next to torch's).
+ * Compiled at first use by cnnlab/models/fused.py; see there for the fallback when no compiler exists.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef struct {
+    const void *x, *g, *y;
+    const uint8_t *code_in;
+    void *out;
+    uint8_t *code;
+    long N, H, W, C, OH, OW;
+    long r0, r1;
+} Job;
+
+static inline float bf16_to_f32(uint16_t b) {
+    union { uint32_t u; float f; } v;
+    v.u = (uint32_t)b << 16;
+    return v.f;
+}
+
+/* ---- forward: one output row (n, oh) at a time ---- */
+#define FWD_BODY(T, LOAD)                                                                          \
+    for (long r = job->r0; r < job->r1; r++) {                                                     \
+        long n = r / job->OH, oh = r % job->OH, H = job->H, W = job->W, C = job->C, OW = job->OW;  \
+        long h1 = 2 * oh + 1 < H ? 1 : 0; /* ceil mode: the last window may be one row/col */      \
+        for (long ow = 0; ow < OW; ow++) {                                                         \
+            long w1 = 2 * ow + 1 < W ? 1 : 0;                                                      \
+            const T *p0 = x + ((n * H + 2 * oh) * W + 2 * ow) * C;                                 \
+            const T *p1 = p0 + w1 * C, *p2 = p0 + h1 * W * C, *p3 = p2 + w1 * C;                   \
+            long o = ((n * job->OH + oh) * OW + ow) * C;                                           \
+            T *q = y + o;                                                                          \
+            uint8_t *k = code ? code + o : 0;                                                      \
+            uint8_t i1 = w1 ? 1 : 0, i2 = h1 ? 2 : 0, i3 = (uint8_t)(i2 + i1);                     \
+            for (long c = 0; c < C; c++) {                                                         \
+                float a = LOAD(p0[c]), b = LOAD(p1[c]), cc = LOAD(p2[c]), d = LOAD(p3[c]);         \
+                float m = a; T mb = p0[c]; uint8_t i = 0;                                          \
+                if (b > m || isnan(b)) { m = b; mb = p1[c]; i = i1; }                              \
+                if (cc > m || isnan(cc)) { m = cc; mb = p2[c]; i = i2; }                           \
+                if (d > m || isnan(d)) { m = d; mb = p3[c]; i = i3; }                              \
+                q[c] = (m > 0.0f || isnan(m)) ? mb : (T)0;                                         \
+                if (k) k[c] = i;                                                                   \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+#define LOAD_F32(v) (v)
+static void fwd_f32(Job *job) {
+    const float *x = job->x; float *y = job->out; uint8_t *code = job->code;
+    FWD_BODY(float, LOAD_F32)
+}
+static void fwd_bf16(Job *job) {
+    const uint16_t *x = job->x; uint16_t *y = job->out; uint8_t *code = job->code;
+    FWD_BODY(uint16_t, bf16_to_f32)
+}
+
+/* ---- backward: one input row (n, h) at a time; every element written once ---- */
+#define BWD_BODY(T, LOAD)                                                                          \
+    for (long r = job->r0; r < job->r1; r++) {                                                     \
+        long n = r / job->H, h = r % job->H, W = job->W, C = job->C, OW = job->OW;                 \
+        T *row = gi + (n * job->H + h) * W * C;                                                    \
+        long oh = h / 2;                                                                           \
+        if (oh >= job->OH) { memset(row, 0, (size_t)(W * C) * sizeof(T)); continue; }              \
+        uint8_t k0 = (uint8_t)(2 * (h % 2)), k1 = (uint8_t)(k0 + 1);                               \
+        for (long ow = 0; ow < OW; ow++) {                                                         \
+            long o = ((n * job->OH + oh) * OW + ow) * C;                                           \
+            const T *gg = g + o, *yy = y + o;                                                      \
+            const uint8_t *kk = code + o;                                                          \
+            T *q0 = row + 2 * ow * C;                                                              \
+            int has1 = 2 * ow + 1 < W;                                                             \
+            T *q1 = q0 + C;                                                                        \
+            for (long c = 0; c < C; c++) {                                                         \
+                T v = LOAD(yy[c]) <= 0.0f ? (T)0 : gg[c];                                          \
+                q0[c] = kk[c] == k0 ? v : (T)0;                                                    \
+                if (has1) q1[c] = kk[c] == k1 ? v : (T)0;                                          \
+            }                                                                                      \
+        }                                                                                          \
+        /* floor mode, odd width: the last column is outside every window */                       \
+        if (2 * OW < W) memset(row + 2 * OW * C, 0, (size_t)((W - 2 * OW) * C) * sizeof(T));         \
+    }
+
+static void bwd_f32(Job *job) {
+    const float *g = job->g, *y = job->y; const uint8_t *code = job->code_in; float *gi = job->out;
+    BWD_BODY(float, LOAD_F32)
+}
+static void bwd_bf16(Job *job) {
+    const uint16_t *g = job->g, *y = job->y; const uint8_t *code = job->code_in; uint16_t *gi = job->out;
+    BWD_BODY(uint16_t, bf16_to_f32)
+}
+
+/* ---- run fn over rows [0, rows) on `threads` threads ---- */
+typedef void (*JobFn)(Job *);
+typedef struct { JobFn fn; Job job; } Task;
+static void *run_task(void *p) { Task *t = p; t->fn(&t->job); return 0; }
+
+static void parallel_rows(JobFn fn, Job base, long rows, int threads) {
+    enum { MAX_THREADS = 256 };
+    if (threads < 1) threads = 1;
+    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    if (threads > rows) threads = (int)rows;
+    if (threads <= 1) { base.r0 = 0; base.r1 = rows; fn(&base); return; }
+    Task tasks[MAX_THREADS];
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS];
+    for (int t = 0; t < threads; t++) {
+        tasks[t].fn = fn; tasks[t].job = base;
+        tasks[t].job.r0 = rows * t / threads; tasks[t].job.r1 = rows * (t + 1) / threads;
+    }
+    for (int t = 1; t < threads; t++) started[t] = pthread_create(&tids[t], 0, run_task, &tasks[t]) == 0;
+    run_task(&tasks[0]);
+    for (int t = 1; t < threads; t++) {
+        if (started[t]) pthread_join(tids[t], 0);
+        else run_task(&tasks[t]); /* could not start a thread: do its share here */
+    }
+}
+
+/* dtype: 0 = float32, 1 = bfloat16. code may be NULL (inference: no backward). */
+void pool2_relu_forward(int dtype, const void *x, void *y, uint8_t *code, long N, long H, long W, long C, long OH,
+                        long OW, int threads) {
+    Job job = {0};
+    job.x = x; job.out = y; job.code = code;
+    job.N = N; job.H = H; job.W = W; job.C = C; job.OH = OH; job.OW = OW;
+    parallel_rows(dtype ? fwd_bf16 : fwd_f32, job, N * OH, threads);
+}
+
+void pool2_relu_backward(int dtype, const void *g, const uint8_t *code, const void *y, void *gi, long N, long H,
+                         long W, long C, long OH, long OW, int threads) {
+    Job job = {0};
+    job.g = g; job.code_in = code; job.y = y; job.out = gi;
+    job.N = N; job.H = H; job.W = W; job.C = C; job.OH = OH; job.OW = OW;
+    parallel_rows(dtype ? bwd_bf16 : bwd_f32, job, N * H, threads);
+}
