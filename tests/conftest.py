@@ -72,7 +72,7 @@ def trained_run(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("trained")
     data = write_seed_csv(base / "data", n_train=200, n_test=60)
     run = base / "run"
-    code = main(["train", "--data", str(data), "--epochs", "3", "--batch-size", "32", "--out", str(run), "--quiet", "--classes", "circle,square"])
+    code = main(["train", "--model", "seed_cnn", "--data", str(data), "--epochs", "3", "--batch-size", "32", "--out", str(run), "--quiet", "--classes", "circle,square"])
     assert code == 0
     return run, data
 

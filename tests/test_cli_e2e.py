@@ -37,7 +37,7 @@ def test_train_writes_complete_run_folder(trained_run):
 
 def test_train_prints_epochs_run_folder_and_test_accuracy(cli, tmp_path):
     data = write_seed_csv(tmp_path / "d", n_train=100, n_test=30)
-    r = cli("train", "--data", data, "--epochs", "2", "--batch-size", "16", "--out", tmp_path / "r")
+    r = cli("train", "--model", "seed_cnn", "--data", data, "--epochs", "2", "--batch-size", "16", "--out", tmp_path / "r")
     assert r.code == 0, r
     assert "epoch 1/2" in r.out and "epoch 2/2" in r.out and "val_acc" in r.out
     assert f"run folder: {tmp_path / 'r'}" in r.out
@@ -102,15 +102,15 @@ def test_show_random_and_grid(cli, seed_dir, tmp_path):
 
 
 def test_train_from_image_folder_npz_and_builtin(cli, tmp_path, image_folder):
-    r = cli("train", "--data", image_folder, "--image-size", "32", "--epochs", "1", "--out", tmp_path / "a", "--quiet")
+    r = cli("train", "--model", "seed_cnn", "--data", image_folder, "--image-size", "32", "--epochs", "1", "--out", tmp_path / "a", "--quiet")
     assert r.code == 0, r
     assert read_metadata(tmp_path / "a")["class_names"] == ["circle", "square"]
     x = np.random.default_rng(0).integers(0, 256, (60, 28, 28), dtype=np.uint8)
     np.savez(tmp_path / "d.npz", x=x, y=np.arange(60) % 3)
-    r = cli("train", "--data", tmp_path / "d.npz", "--epochs", "1", "--out", tmp_path / "b", "--quiet")
+    r = cli("train", "--model", "seed_cnn", "--data", tmp_path / "d.npz", "--epochs", "1", "--out", tmp_path / "b", "--quiet")
     assert r.code == 0, r
     assert read_metadata(tmp_path / "b")["input_shape"] == [1, 28, 28]
-    r = cli("train", "--data", "builtin:digits?size=28", "--epochs", "1", "--out", tmp_path / "c", "--quiet")
+    r = cli("train", "--model", "seed_cnn", "--data", "builtin:digits?size=28", "--epochs", "1", "--out", tmp_path / "c", "--quiet")
     assert r.code == 0, r
     assert len(read_metadata(tmp_path / "c")["class_names"]) == 10
 
@@ -120,14 +120,14 @@ def test_image_folder_with_split_subfolders(cli, tmp_path):
     write_image_folder(root / "train", n_per_class=10, size=32)
     write_image_folder(root / "val", n_per_class=3, size=32)
     write_image_folder(root / "test", n_per_class=4, size=32)
-    r = cli("train", "--data", root, "--image-size", "32", "--epochs", "1", "--out", tmp_path / "r", "--quiet")
+    r = cli("train", "--model", "seed_cnn", "--data", root, "--image-size", "32", "--epochs", "1", "--out", tmp_path / "r", "--quiet")
     assert r.code == 0, r
     info = json.loads((tmp_path / "r" / "run.json").read_text())
     assert info["dataset"]["splits"] == {"train": 20, "val": 6, "test": 8}
 
 
 def test_config_yaml_repeats_the_run(cli, tmp_path, seed_dir):
-    r = cli("train", "--data", seed_dir, "--epochs", "2", "--batch-size", "32", "--seed", "5", "--deterministic", "--out", tmp_path / "a", "--quiet")
+    r = cli("train", "--model", "seed_cnn", "--data", seed_dir, "--epochs", "2", "--batch-size", "32", "--seed", "5", "--deterministic", "--out", tmp_path / "a", "--quiet")
     assert r.code == 0, r
     r = cli("train", "--config", tmp_path / "a" / "config.yaml", "--out", tmp_path / "b", "--quiet")
     assert r.code == 0, r
@@ -162,7 +162,7 @@ def test_models_command_lists_parameter_counts(cli):
 
 def test_real_process_entry_point(tmp_path):
     data = write_seed_csv(tmp_path / "d", n_train=60, n_test=20, size=24)
-    r = run_subprocess("train", "--data", data, "--epochs", "1", "--out", tmp_path / "r")
+    r = run_subprocess("train", "--model", "seed_cnn", "--data", data, "--epochs", "1", "--out", tmp_path / "r")
     assert r.code == 0, r
     assert "run folder:" in r.out and "Traceback" not in r.err
 

@@ -45,7 +45,7 @@ def _rewrite_line(path: Path, line_no: int, fn) -> None:
 )
 def test_bad_seed_csv(cli, seed_dir, tmp_path, damage, needles):
     damage(seed_dir)
-    r = cli("train", "--data", seed_dir, "--epochs", "1", "--out", tmp_path / "run")
+    r = cli("train", "--model", "seed_cnn", "--data", seed_dir, "--epochs", "1", "--out", tmp_path / "run")
     assert_clean_error(r, *needles)
     assert not (tmp_path / "run").exists()
 
@@ -88,7 +88,7 @@ def test_unreadable_images_beyond_the_allowed_fraction(cli, tmp_path):
     ],
 )
 def test_wrong_options(cli, seed_dir, tmp_path, args, needles):
-    r = cli("train", "--data", seed_dir, "--out", tmp_path / "r", *args)
+    r = cli("train", "--model", "seed_cnn", "--data", seed_dir, "--out", tmp_path / "r", *args)
     assert_clean_error(r, *needles)
     assert_no_finished_run(tmp_path / "r")
 
@@ -134,7 +134,7 @@ def test_ctrl_c_leaves_a_usable_checkpoint_and_resume_finishes(tmp_path):
     data = write_seed_csv(tmp_path / "d", n_train=800, n_test=20, size=32)
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--data", str(data), "--epochs", "30", "--batch-size", "16", "--out", str(run)],
+    p = subprocess.Popen([sys.executable, "-m", "cnnlab", "train", "--model", "seed_cnn", "--data", str(data), "--epochs", "30", "--batch-size", "16", "--out", str(run)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "last.ckpt").exists():

@@ -90,7 +90,7 @@ def test_fuzzed_seed_csv_is_always_a_clean_error(cli, case, bom, crlf):
         d.mkdir()
         _write(d, rows, labels, bom, crlf)
         run = Path(tmp) / "run"
-        r = cli("train", "--data", d, "--epochs", "1", "--out", run, "--quiet")
+        r = cli("train", "--model", "seed_cnn", "--data", d, "--epochs", "1", "--out", run, "--quiet")
         needles = [file] + ([f"line {line}"] if line is not None else [])
         assert_clean_error(r, *needles)
         assert not run.exists(), kind  # nothing that looks like a run, finished or not
@@ -120,6 +120,6 @@ def test_a_fuzzed_error_in_a_real_process_has_no_traceback(tmp_path):
     d = tmp_path / "d"
     d.mkdir()
     _write(d, ["1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16", "1,2,3,nan,5,6,7,8,9,10,11,12,13,14,15,16"], ["0", "1"], True, True)
-    r = run_subprocess("train", "--data", d, "--out", tmp_path / "run")
+    r = run_subprocess("train", "--model", "seed_cnn", "--data", d, "--out", tmp_path / "run")
     assert_clean_error(r, "input.csv", "line 2", "column 4", "NaN")
     assert not (tmp_path / "run").exists()

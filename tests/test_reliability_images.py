@@ -139,13 +139,13 @@ def test_readable_oddities_decode_as_expected(zoo):
 
 def test_training_skips_records_and_stops_above_the_bad_fraction(cli, zoo, tmp_path):
     # 6 bad of 52 image files = 11.5 %: refused at the default 1 %, before any run folder exists
-    r = cli("train", "--data", zoo, "--image-size", "24", "--epochs", "1", "--out", tmp_path / "r1", "--quiet")
+    r = cli("train", "--model", "seed_cnn", "--data", zoo, "--image-size", "24", "--epochs", "1", "--out", tmp_path / "r1", "--quiet")
     assert r.code == 2 and "6 of 52" in r.err and "--max-bad-fraction" in r.err and "Traceback" not in r.err, r
     assert not (tmp_path / "r1").exists()
-    r = cli("train", "--data", zoo, "--image-size", "24", "--epochs", "1", "--max-bad-fraction", "0.11", "--out", tmp_path / "r1", "--quiet")
+    r = cli("train", "--model", "seed_cnn", "--data", zoo, "--image-size", "24", "--epochs", "1", "--max-bad-fraction", "0.11", "--out", tmp_path / "r1", "--quiet")
     assert r.code == 2 and not (tmp_path / "r1").exists(), r
     # allowed: trains on the 46 good images and lists the 6 bad ones with reasons in the run folder
-    r = cli("train", "--data", zoo, "--image-size", "24", "--epochs", "1", "--batch-size", "16",
+    r = cli("train", "--model", "seed_cnn", "--data", zoo, "--image-size", "24", "--epochs", "1", "--batch-size", "16",
             "--max-bad-fraction", "0.2", "--out", tmp_path / "r2", "--quiet")
     assert r.code == 0, r
     recorded = dict(ln.split("\t") for ln in (tmp_path / "r2" / "bad_files.txt").read_text().splitlines())

@@ -26,7 +26,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def train_args(data: Path, run: Path, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "--epochs", "2", "--batch-size", "32", "--out", str(run), "--quiet", *extra]
+    return ["train", "--model", "seed_cnn", "--data", str(data), "--epochs", "2", "--batch-size", "32", "--out", str(run), "--quiet", *extra]
 
 
 def assert_no_partial_files(run: Path) -> None:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 DATA = "builtin:shapes?n=240&size=24&classes=3"
 EPOCHS = 3
-TRAIN = ["--epochs", str(EPOCHS), "--batch-size", "16", "--seed", "7", "--deterministic", "--device", "cpu", "--quiet"]
+TRAIN = ["--model", "seed_cnn", "--epochs", str(EPOCHS), "--batch-size", "16", "--seed", "7", "--deterministic", "--device", "cpu", "--quiet"]
 
 
 def cnnlab(*args: str) -> list[str]:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +19,7 @@ import torch.nn as nn
 
 from cnnlab import models
 from cnnlab.config import TrainConfig, config_from_dict
-from cnnlab.data.dataset import Dataset
+from cnnlab.data.dataset import Dataset, Split
 from cnnlab.data.sources import load_dataset as _load_dataset
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.predictor import Classifier, expand_image_paths
@@ -94,9 +95,12 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
     """
     if resume is not None:
         return _resume(resume, quiet, on_epoch_end)
-    cfg = config_for(model if model is not None else (config.model if config else "seed_cnn"),
+    cfg = config_for(model if model is not None else (config.model if config else "auto"),
                      data if data is not None else (config.data if config else ""), base=config, **overrides)
-    ds = data if isinstance(data, Dataset) else dataset_for_config(cfg)
+    if cfg.model == "auto":
+        cfg, ds = _auto_recipe(cfg, data if isinstance(data, Dataset) else None, quiet)
+    else:
+        ds = data if isinstance(data, Dataset) else dataset_for_config(cfg)
     if not isinstance(model, nn.Module):
         model = create_model(cfg.model, ds, seed=cfg.seed, **cfg.model_args)
     _check_model_fits(model, ds)
@@ -104,6 +108,35 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
                  on_epoch_end=on_epoch_end)
     write_run_report(result, ds)
     return result
+
+
+def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool) -> tuple[TrainConfig, Dataset]:
+    """model = 'auto': choose model, image size and augmentation (engine/auto.py), then load the data at that size."""
+    from cnnlab.data.sources import image_folder_counts, resize_images
+    from cnnlab.engine import auto
+
+    folder = image_folder_counts(cfg.data) if ds is None and cfg.image_size is None else None
+    t0 = time.perf_counter()
+    if folder is not None:  # choose the size first, then decode the images once at that size
+        n, k = folder
+        plan = auto.plan(cfg, int(n * (1 - cfg.val_split)), None, k, cfg.channels or 3)
+        ds = dataset_for_config(plan.cfg)
+        load_seconds = time.perf_counter() - t0
+    else:
+        if ds is None:
+            ds = dataset_for_config(cfg)
+        t0, loaded_in = time.perf_counter(), getattr(ds, "load_seconds", None) or 0.0
+        h, w, c = ds.image_shape
+        plan = auto.plan(cfg, len(ds.train), (h, w), ds.num_classes, c)
+        size = plan.cfg.image_size
+        if size is not None and (h, w) != (size, size):
+            splits = {name: Split(resize_images(v.x, size), v.y, v.paths) for name, v in ds.splits.items()}
+            ds = dataclasses.replace(ds, splits=splits, load_options={**ds.load_options, "image_size": size})
+        load_seconds = loaded_in + time.perf_counter() - t0
+    ds.load_seconds = load_seconds  # type: ignore[attr-defined]  # counted in the time budget
+    if not quiet:
+        print(plan.note)
+    return plan.cfg, ds
 
 
 def _check_model_fits(model: nn.Module, ds: Dataset) -> None:

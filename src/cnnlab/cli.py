@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and write a run folder")
     _add_data_options(p)
     S = argparse.SUPPRESS  # unset flags stay unset, so --config values are not overwritten by defaults
-    p.add_argument("--model", default=S, help="registry name (see `cnnlab models`), default seed_cnn; other models get the recipe in docs/recipes.md")
+    p.add_argument("--model", default=S, help="registry name (see `cnnlab models`); default auto: chosen with the image size and augmentation from the data and time budget (docs/recipes.md)")
     p.add_argument("--model-arg", type=_key_value, action="append", default=S, metavar="KEY=VALUE", dest="model_args", help="model argument, e.g. width=48")
     p.add_argument("--model-file", metavar="LAYERS.yaml", help="a custom network as a YAML/JSON layer list (see docs/recipes.md)")
     p.add_argument("--epochs", type=int, default=S, help="default 5 for seed_cnn; other models train for --time-budget")

@@ -38,7 +38,7 @@ DEFAULT_TIME_BUDGET_S = 600.0  # non-seed models without --epochs train for this
 @dataclass
 class TrainConfig:
     data: str = ""
-    model: str = "seed_cnn"
+    model: str = "auto"  # a registry name; auto: chosen with the image size and augmentation (engine/auto.py)
     model_args: dict[str, Any] = field(default_factory=dict)
     epochs: int | None = None  # None: 5 for seed_cnn; other models train for time_budget (default 600 s)
     batch_size: int = 64

@@ -230,6 +230,24 @@ def _to_uint8(x: np.ndarray, where: str) -> np.ndarray:
     return np.clip(np.rint(xf), 0, 255).astype(np.uint8)
 
 
+def image_folder_counts(spec: str) -> tuple[int, int] | None:
+    """(training images, classes) of an image-folder dataset from a directory listing (nothing decoded);
+    None when `spec` is another kind of dataset. Before a val split is taken off."""
+    if spec.startswith("builtin:"):
+        return None
+    path = Path(spec).expanduser()
+    if not path.is_dir() or (path / "input.csv").is_file():
+        return None
+    root = path / "train" if (path / "train").is_dir() else path
+    try:
+        found = _scan_class_folders(root)
+    except OSError:
+        return None
+    if len(found) < 2 or not all(found.values()):
+        return None  # not a usable dataset: loading it gives the precise error
+    return sum(len(v) for v in found.values()), len(found)
+
+
 def _scan_class_folders(root: Path) -> dict[str, list[Path]]:
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     found = {}

@@ -253,9 +253,16 @@ def fit(
             "config": cfg.to_dict(), "run_info": {k: run_info[k] for k in ("started", "seconds")},
         })
 
+    # The time budget covers the whole run: loading (and the auto recipe's speed probe, both in load_seconds),
+    # training, validation, and a reserve for the final test score and the files written at the end.
+    n_test = len(dataset.splits["test"]) if "test" in dataset.splits else 0
+    test_passes = 2 if cfg.tta else 1
+    reserve = [2.0]
+
     def plan_epochs(done: int, seconds_per_epoch: float, elapsed: float) -> int:
         """How many epochs fit in the time budget, given the measured seconds per epoch."""
-        more = int(max(0.0, cfg.time_budget - elapsed) / max(seconds_per_epoch, 1e-9))
+        left = cfg.time_budget - (load_seconds or 0.0) - reserve[0] - elapsed
+        more = int(max(0.0, left) / max(seconds_per_epoch, 1e-9))
         return max(done, min(cfg.epochs, done + more))
 
     # The handler only raises a flag: the loop stops at the next batch boundary, where model, optimizer
@@ -331,6 +338,7 @@ def fit(
                     elif t_first is not None and step == start_step + 4:
                         per_batch = (time.perf_counter() - t_first) / 4
                         est = per_batch * steps * (1 + (0.35 * len(val) / n if has_val else 0))
+                        reserve[0] = 2.0 + 0.35 * per_batch / bs * n_test * test_passes  # inference ~1/3 of a step
                         if est > 1.5 * cfg.time_budget:
                             raise ConfigError(f"--time-budget {cfg.time_budget:g}s is too short for one epoch (about {est:.0f}s here)"
                                               " — raise it, or use a smaller model, image size or dataset")
@@ -344,6 +352,7 @@ def fit(
             if has_val:
                 ev = evaluate_arrays(eval_model(), val.x, val.y, norm, device, precision)
                 row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
+                reserve[0] = 2.0 + (time.perf_counter() - t_val) / len(val) * n_test * test_passes
             row["seconds"] = stats["seconds"] + (time.perf_counter() - t_val)
             history.append(row)
             train_seconds += row["seconds"]

@@ -1,0 +1,120 @@
+"""The default recipe: what `cnnlab train --data D` does when no --model is given (model = 'auto').
+
+It chooses from the data and the time budget, and says what it chose (config.yaml records the result):
+- model: ``resnet9``, the fastest strong net from scratch on a CPU (docs/recipes.md has the measurements);
+- image size, for image folders (whose files have many sizes): the largest of 128/112/96/80/64/48/32 px
+  at which the training set can be seen at least ``MIN_EPOCHS`` times in the time budget, from the speed of
+  a few real training steps measured on this machine. Fixed-size data (CSV, .npz, built-in) keeps its size
+  unless it is too slow to train that often, then it is scaled down the same way; tiny images are
+  upscaled to 32 px so the net's three pools keep some resolution;
+- augmentation: ``standard`` (flip, crop, rotation, colour) for colour images of 48 px or more,
+  ``light`` (flip, shift) otherwise.
+Everything else is the zoo recipe (AdamW, one-cycle, label smoothing, flip TTA; config.ZOO_RECIPE).
+An explicit --model, --image-size or --aug is always kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from cnnlab.config import DEFAULT_TIME_BUDGET_S, TrainConfig
+from cnnlab.data.dataset import Dataset
+
+AUTO_MODEL = "resnet9"
+SIZES = (128, 112, 96, 80, 64, 48, 32)
+MIN_EPOCHS = 40  # the cats/dogs runs in docs/recipes.md kept improving up to ~80 epochs
+SMALLEST = 32
+
+
+@dataclasses.dataclass
+class Plan:
+    cfg: TrainConfig
+    note: str
+    seconds: float  # spent choosing (speed probe), counted in the time budget
+
+
+def images_per_second(size: int, num_classes: int, channels: int, cfg: TrainConfig, steps: int = 2) -> float:
+    """Training speed of the auto model at `size` px on this machine: a warm-up step, then `steps` timed."""
+    from cnnlab.engine.device import autocast, resolve_device, resolve_precision
+    from cnnlab.engine.trainer import train_loss
+    from cnnlab.models import create_model
+
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    bs = min(cfg.batch_size, 64)
+    torch_state = torch.get_rng_state()  # the probe must not change the run's random numbers
+    try:
+        model = create_model(AUTO_MODEL, num_classes, channels, (size, size)).to(device).train()
+        model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters(), 1e-4)
+        x = torch.rand(bs, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        t = torch.full((bs, max(num_classes, 2)), 1.0 / max(num_classes, 2), device=device)
+        elapsed = 0.0
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            with autocast(device, precision):
+                out = model(x)
+            loss = train_loss(out, t[:, : out.shape[1]] if out.shape[1] > 1 else t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i:
+                elapsed += time.perf_counter() - t0
+    finally:
+        torch.set_rng_state(torch_state)
+    return bs * steps / max(elapsed, 1e-9)
+
+
+def choose_size(n_train: int, budget: float, num_classes: int, channels: int, cfg: TrainConfig,
+                largest: int | None = None) -> tuple[int, float]:
+    """The largest candidate size whose measured speed gives MIN_EPOCHS epochs of n_train images in `budget`."""
+    candidates = [s for s in SIZES if largest is None or s <= largest] or [SMALLEST]
+    ips = 0.0
+    for size in candidates:
+        ips = images_per_second(size, num_classes, channels, cfg)
+        epochs = budget * ips / (1.15 * max(n_train, 1))  # +15%: validation and the data path
+        if epochs >= MIN_EPOCHS:
+            return size, epochs
+    return candidates[-1], budget * ips / (1.15 * max(n_train, 1))
+
+
+def plan(cfg: TrainConfig, n_train: int, native: tuple[int, int] | None, num_classes: int, channels: int) -> Plan:
+    """Fill in model, image size and augmentation for a cfg whose model is 'auto'.
+
+    native: (H, W) of fixed-size data, None for image folders (their files have many sizes). The budget is
+    cfg.time_budget, else the default.
+    """
+    t0 = time.perf_counter()
+    budget = cfg.time_budget or DEFAULT_TIME_BUDGET_S
+    changes: dict = {"model": AUTO_MODEL}
+    size = cfg.image_size
+    if size is not None:
+        why = "as asked"
+    elif native is None:
+        size, epochs = choose_size(n_train, budget, num_classes, channels, cfg)
+        why = f"~{epochs:.0f} epochs of {n_train} images fit in {budget:g}s here"
+    elif min(native) < SMALLEST:
+        size, why = SMALLEST, f"upscaled from {min(native)} px"
+    else:
+        size = min(native)
+        epochs = budget * images_per_second(size, num_classes, channels, cfg) / (1.15 * max(n_train, 1))
+        why = f"the data's size; ~{epochs:.0f} epochs fit in {budget:g}s here"
+        if epochs < MIN_EPOCHS and size > SMALLEST:
+            size, epochs = choose_size(n_train, budget, num_classes, channels, cfg, largest=size - 1)
+            why = f"scaled down from {min(native)} px: ~{epochs:.0f} epochs of {n_train} images fit in {budget:g}s here"
+        else:
+            size = None  # keep the data as it is (it may not be square)
+    if size is not None:
+        changes["image_size"] = size
+    shown = size or min(native or (0, 0))
+    if cfg.augment == "auto":
+        changes["augment"] = "standard" if channels == 3 and shown >= 48 else "light"
+    new = dataclasses.replace(cfg, **changes)
+    note = (f"auto: {AUTO_MODEL} at {shown} px ({why}), augmentation {new.augment}"
+            " — pass --model, --image-size or --aug to choose yourself")
+    return Plan(new, note, time.perf_counter() - t0)
