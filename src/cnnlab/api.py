@@ -21,6 +21,7 @@ from cnnlab.config import TrainConfig, config_from_dict
 from cnnlab.data.dataset import Dataset
 from cnnlab.data.sources import load_dataset as _load_dataset
 from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.distributed import is_main_process
 from cnnlab.engine.predictor import Classifier, expand_image_paths
 from cnnlab.engine.run_dir import read_run_json
 from cnnlab.engine.trainer import TrainResult, fit
@@ -102,7 +103,8 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
     _check_model_fits(model, ds)
     result = fit(model, ds, cfg, out, overwrite=overwrite, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
                  on_epoch_end=on_epoch_end)
-    write_run_report(result, ds)
+    if is_main_process():  # in a distributed run only rank 0 writes the run folder
+        write_run_report(result, ds)
     return result
 
 
@@ -132,7 +134,8 @@ def _resume(run_dir: str | Path, quiet: bool, on_epoch_end: Callable[[dict], Non
     model = create_model(cfg.model, ds, **cfg.model_args)
     result = fit(model, ds, cfg, resume_state=state, resume_dir=run_dir, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
                  on_epoch_end=on_epoch_end)
-    write_run_report(result, ds)
+    if is_main_process():
+        write_run_report(result, ds)
     return result
 
 
