@@ -9,7 +9,8 @@ scaled by the share's size, so the averaged gradient is exactly the gradient of 
 mean loss even when the last batch does not split evenly.
 
 Everything that decides control flow is agreed on through a collective, so no rank is ever left
-waiting on another: a stop signal or a non-finite loss on any rank (`agree`), the time-budget plan
+waiting on another: a stop signal on any rank (`stop_reason`, before every batch), a non-finite loss on any
+rank (`all_finite`), the time-budget plan
 (`broadcast_number` from rank 0), the run folder (`on_main`). Only rank 0 writes files. Validation and
 test splits are evaluated in shards and the logits gathered, so every rank computes the metrics from
 the full logits exactly as a single process does.
@@ -33,7 +34,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from cnnlab import errors
-from cnnlab.engine.inference import evaluate_arrays, metrics_from_logits, predict_logits
+from cnnlab.engine.inference import metrics_from_logits
 from cnnlab.errors import CnnlabError, ConfigError, DistributedError
 
 TIMEOUT_ENV = "CNNLAB_DIST_TIMEOUT_S"  # seconds one rank waits for the others in any collective
@@ -139,25 +140,31 @@ class Context:
             g.manual_seed(g.initial_seed() + self.rank * 1_000_000_007)
         return g
 
-    def agree(self, stop_requested: list[str], loss: torch.Tensor, n_local: int) -> tuple[str | None, bool]:
-        """(stop reason or None, loss finite everywhere) — the same answer on every rank (one all-reduce per step).
+    def stop_reason(self, stop_requested: list[str]) -> str | None:
+        """Why to stop before this batch (a signal's name), or None — the same answer on every rank.
 
-        A signal on any rank stops all ranks before the same batch; so does a non-finite loss."""
-        finite = n_local == 0 or bool(torch.isfinite(loss.detach()))
+        Called before every batch: one all-reduce of the highest signal number any rank received, so a signal
+        to any one rank (or to all, at slightly different moments) stops every rank before the same batch."""
         if not self.distributed:
-            return (stop_requested[0] if stop_requested else None), finite
+            return stop_requested[0] if stop_requested else None
         code = signal.Signals[stop_requested[0]].value if stop_requested else 0
         if not code and self.launcher_pid is not None and os.getppid() != self.launcher_pid:
             code = _LAUNCHER_GONE  # the launcher was killed: stop and save rather than train on unattended
-        flags = torch.tensor([float(code), 0.0 if finite else 1.0], device=self._comm_device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        code, any_nonfinite = int(flags[0]), bool(flags[1])
-        reason = None
+        flag = torch.tensor([code], dtype=torch.int32, device=self._comm_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        code = int(flag.item())
         if code == _LAUNCHER_GONE:
-            reason = "the launcher exited"
-        elif code:
-            reason = signal.Signals(code).name
-        return reason, not any_nonfinite
+            return "the launcher exited"
+        return signal.Signals(code).name if code else None
+
+    def all_finite(self, loss: torch.Tensor, n_local: int) -> bool:
+        """False on every rank if the loss is NaN/inf on any rank (an empty share counts as finite)."""
+        finite = n_local == 0 or bool(torch.isfinite(loss.detach()))
+        if not self.distributed:
+            return finite
+        flag = torch.tensor([0 if finite else 1], dtype=torch.int32, device=self._comm_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return not flag.item()
 
     # ---------------------------------------------------------------- agreement on values
 
@@ -235,16 +242,17 @@ class Context:
         for b in model.buffers():
             dist.broadcast(b.data, src=0)
 
-    def evaluate(self, model: nn.Module, x: np.ndarray, y: np.ndarray, norm: dict, device: torch.device, precision: str,
-                 tta: bool = False) -> dict:
-        """evaluate_arrays over a whole split, sharded over the ranks; every rank gets the full logits and metrics."""
+    def evaluate(self, evaluate_arrays: Callable[..., dict], model: nn.Module, x: np.ndarray, y: np.ndarray, norm: dict,
+                 device: torch.device, precision: str, tta: bool = False) -> dict:
+        """`evaluate_arrays` (engine.inference's) over a whole split, sharded over the ranks: each rank scores
+        its contiguous share, the logits are gathered, and every rank computes the metrics from all of them."""
         n = len(x)
         if not self.distributed or n < self.world_size:
             return evaluate_arrays(model, x, y, norm, device, precision, tta=tta)
         self.sync_buffers(model)
         sizes = [len(c) for c in np.array_split(np.arange(n), self.world_size)]
-        lo = sum(sizes[: self.rank])
-        local = predict_logits(model, x[lo : lo + sizes[self.rank]], norm, device, precision, tta=tta)
+        lo, hi = sum(sizes[: self.rank]), sum(sizes[: self.rank + 1])
+        local = evaluate_arrays(model, x[lo:hi], y[lo:hi], norm, device, precision, tta=tta)["logits"]
         padded = torch.zeros(sizes[0], local.shape[1], dtype=local.dtype)
         padded[: len(local)] = local
         parts = [torch.empty_like(padded, device=self._comm_device) for _ in range(self.world_size)]

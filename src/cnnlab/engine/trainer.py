@@ -30,7 +30,7 @@ from cnnlab.engine import run_dir as rd
 from cnnlab.engine.checkpoint import save_checkpoint
 from cnnlab.engine.device import autocast, cpu_description, resolve_device, resolve_precision
 from cnnlab.engine.ema import ModelEMA
-from cnnlab.engine.inference import loss_fn, predicted_class, probabilities, to_input
+from cnnlab.engine.inference import evaluate_arrays, loss_fn, predicted_class, probabilities, to_input
 from cnnlab.engine.model_file import model_metadata, save_model_file
 from cnnlab.engine.schedule import LrSchedule
 from cnnlab.errors import CnnlabError, ConfigError, TrainingError
@@ -306,6 +306,10 @@ def fit(
             progress.start_epoch(epoch, planned_epochs, steps, step)
             t_first = None
             for step in range(step, steps):
+                stop = dist_ctx.stop_reason(stop_requested)  # distributed: a signal on any rank stops every rank here
+                if stop:
+                    stopping_at_boundary = True
+                    raise Interrupted(stop)
                 for group in optimizer.param_groups:  # the schedule is a pure function of the global step
                     group["lr"] = cfg.lr * schedule.factor((epoch - 1) * steps + step)
                 idx = order[step * bs : (step + 1) * bs]
@@ -323,12 +327,7 @@ def fit(
                 else:
                     w_b = None if weights is None else weights[yb] * lam + (0 if y2 is None else weights[y2] * (1 - lam))
                     loss = train_loss(logits, soft_targets(yb, k, y2, lam, cfg.label_smoothing).to(device), w_b)
-                # one all-reduce in a distributed run: a signal or a non-finite loss on any rank stops every rank here
-                stop, finite = dist_ctx.agree(stop_requested, loss, len(idx))
-                if stop:
-                    stopping_at_boundary = True
-                    raise Interrupted(stop)
-                if not finite:
+                if not dist_ctx.all_finite(loss, len(idx)):  # distributed: on every rank
                     raise TrainingError(
                         f"loss became {float(loss.detach()) if len(idx) and not torch.isfinite(loss) else 'non-finite on another rank'} at epoch {epoch}, batch {step + 1} — lower the learning rate (--lr);"
                         + (f" the last good state is in {run / 'last.ckpt'}" if (run / "last.ckpt").exists()
@@ -364,7 +363,7 @@ def fit(
             row = {"epoch": epoch, "train_loss": stats["loss_sum"] / stats["seen"], "train_accuracy": stats["correct"] / stats["seen"],
                    "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"]}
             if has_val:
-                ev = dist_ctx.evaluate(eval_model(), val.x, val.y, norm, device, precision)
+                ev = dist_ctx.evaluate(evaluate_arrays, eval_model(), val.x, val.y, norm, device, precision)
                 row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
             row["seconds"] = dist_ctx.broadcast_number(stats["seconds"] + (time.perf_counter() - t_val))  # time-budget plans agree
             history.append(row)
@@ -438,13 +437,13 @@ def fit(
         test = None
         if "test" in dataset.splits and len(dataset.splits["test"]):
             ts = dataset.splits["test"]
-            ev = dist_ctx.evaluate(model, ts.x, ts.y, norm, device, precision, tta=bool(cfg.tta))
+            ev = dist_ctx.evaluate(evaluate_arrays, model, ts.x, ts.y, norm, device, precision, tta=bool(cfg.tta))
             test = {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": "test", "tta": bool(cfg.tta)}
             if main:
                 _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
             progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images{', flip TTA' if cfg.tta else ''})")
         elif has_val:
-            ev = dist_ctx.evaluate(model, val.x, val.y, norm, device, precision)
+            ev = dist_ctx.evaluate(evaluate_arrays, model, val.x, val.y, norm, device, precision)
             if main:
                 _write_predictions(val, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
         eval_seconds = time.perf_counter() - t_eval
