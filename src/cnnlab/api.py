@@ -22,6 +22,7 @@ from cnnlab.config import TrainConfig, config_from_dict
 from cnnlab.data.dataset import Dataset, Split
 from cnnlab.data.sources import load_dataset as _load_dataset
 from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.distributed import is_main_process
 from cnnlab.engine.predictor import Classifier, expand_image_paths
 from cnnlab.engine.run_dir import read_run_json
 from cnnlab.engine.trainer import TrainResult, fit
@@ -106,11 +107,17 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
     _check_model_fits(model, ds)
     result = fit(model, ds, cfg, out, overwrite=overwrite, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
                  on_epoch_end=on_epoch_end)
-    write_run_report(result, ds)
+    if is_main_process():  # in a distributed run only rank 0 writes the run folder
+        write_run_report(result, ds)
     return result
 
 
-def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool) -> tuple[TrainConfig, Dataset]:
+def auto_plan(cfg: TrainConfig):
+    """The default recipe's choice (engine/auto.Plan) for cfg.model == 'auto', without training."""
+    return _auto_recipe(cfg, None, quiet=True, load=False)[0]
+
+
+def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool, load: bool = True):
     """model = 'auto': choose model, image size and augmentation (engine/auto.py), then load the data at that size."""
     from cnnlab.data.sources import image_folder_counts, resize_images
     from cnnlab.engine import auto
@@ -120,6 +127,8 @@ def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool) -> tuple[Tra
     if folder is not None:  # choose the size first, then decode the images once at that size
         n, k = folder
         plan = auto.plan(cfg, int(n * (1 - cfg.val_split)), None, k, cfg.channels or 3)
+        if not load:
+            return plan, None
         ds = dataset_for_config(plan.cfg)
         load_seconds = time.perf_counter() - t0
     else:
@@ -134,6 +143,8 @@ def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool) -> tuple[Tra
             ds = dataclasses.replace(ds, splits=splits, load_options={**ds.load_options, "image_size": size})
         load_seconds = loaded_in + time.perf_counter() - t0
     ds.load_seconds = load_seconds  # type: ignore[attr-defined]  # counted in the time budget
+    if not load:
+        return plan, None
     if not quiet:
         print(plan.note)
     return plan.cfg, ds
@@ -165,7 +176,8 @@ def _resume(run_dir: str | Path, quiet: bool, on_epoch_end: Callable[[dict], Non
     model = create_model(cfg.model, ds, **cfg.model_args)
     result = fit(model, ds, cfg, resume_state=state, resume_dir=run_dir, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
                  on_epoch_end=on_epoch_end)
-    write_run_report(result, ds)
+    if is_main_process():
+        write_run_report(result, ds)
     return result
 
 

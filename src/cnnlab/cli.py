@@ -37,6 +37,16 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _nproc(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected a whole number of processes >= 1, e.g. --nproc 2")
+    return value
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     import yaml
 
@@ -94,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/train, runs/train2, ...)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last.ckpt")
+    p.add_argument("--nproc", type=_nproc, default=1, metavar="N",
+                   help="train with N processes on this machine (DistributedDataParallel; --batch-size stays the global batch); "
+                        "several machines: torchrun, see docs/scale-out.md")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("evaluate", help="loss and accuracy of a trained model on a dataset split")
@@ -157,18 +170,25 @@ COMMAND_MODULES: tuple[str, ...] = ("cnnlab.data.commands", "cnnlab.export.comma
 # ------------------------------------------------------------------ commands
 
 
+_TRAIN_NOT_CONFIG = ("command", "config", "out", "overwrite", "resume", "quiet", "model_file", "nproc", "argv")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.config import config_from_dict, load_config_file
+    from cnnlab.engine import distributed
 
+    launcher = _train_launcher(args)
     if args.resume:
-        extra = [k for k in vars(args) if k not in ("command", "resume", "quiet", "config", "out", "overwrite") and getattr(args, k) not in (None, False)]
+        extra = [k for k in vars(args) if k not in _TRAIN_NOT_CONFIG and getattr(args, k) not in (None, False)]
         if extra or args.config or args.out:
-            raise ConfigError("--resume continues a run exactly as configured — drop the other options")
+            raise ConfigError("--resume continues a run exactly as configured — drop the other options (--nproc may change)")
+        if launcher:
+            return launcher()
         result = api.train(resume=args.resume, quiet=args.quiet)
     else:
         base = config_from_dict(load_config_file(args.config), source=Path(args.config).name) if args.config else None
-        overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", "out", "overwrite", "resume", "quiet", "model_file")}
+        overrides = {k: v for k, v in vars(args).items() if k not in _TRAIN_NOT_CONFIG}
         if args.model_file:
             from cnnlab.models.layer_list import read_model_file
 
@@ -178,13 +198,57 @@ def cmd_train(args: argparse.Namespace) -> int:
             if key in overrides:
                 overrides[key] = {**(getattr(base, key) if base else {}), **dict(overrides[key])}
         cfg = config_from_dict(overrides, base=base, source="command line").validate()
+        if cfg.model == "auto" and distributed.env_world_size() > 1:
+            raise ConfigError("the default recipe measures this machine's speed to choose the image size, and ranks could"
+                              " choose differently — under torchrun pass --model and --image-size (a single-process run prints its choice)")
+        if launcher:  # the config is checked once here; each rank parses the same command line again
+            _check_gpus_for(args.nproc, cfg.device)
+            if cfg.model == "auto":  # choose once, here, and give every rank the same explicit choice
+                plan = api.auto_plan(cfg)
+                if not args.quiet:
+                    print(plan.note)
+                args.argv += ["--model", plan.cfg.model, "--aug", plan.cfg.augment]
+                if plan.cfg.image_size is not None:
+                    args.argv += ["--image-size", str(plan.cfg.image_size)]
+            return launcher()
         result = api.train(cfg.model, cfg.data, config=cfg, out=args.out, overwrite=args.overwrite, quiet=args.quiet)
+    if not distributed.is_main_process():  # rank 0 reports for the run
+        return 0
     print(f"run folder: {result.run_dir}")
     if (result.run_dir / "report.html").is_file():
         print(f"report: {result.run_dir / 'report.html'} (open it in a browser)")
     if result.test:
         print(f"test accuracy: {result.test['accuracy']:.4f} (loss {result.test['loss']:.4f}, {result.test['n']} images)")
     return 0
+
+
+def _train_launcher(args: argparse.Namespace):
+    """With --nproc N > 1 in the user's process: a function that runs the ranks and returns the exit code.
+
+    None in a single process and inside a rank (the ranks get the same command line, --nproc included)."""
+    from cnnlab.engine import distributed
+
+    if os.environ.get(distributed.LAUNCHER_ENV):
+        return None  # this process is one of the ranks
+    if distributed.env_world_size() > 1:
+        if args.nproc > 1:
+            raise ConfigError("--nproc starts its own processes — under torchrun leave it out (--nproc-per-node sets the count)")
+        return None
+    if args.nproc == 1:
+        return None
+    from cnnlab.engine.launcher import launch
+
+    return lambda: launch(args.nproc, args.argv)
+
+
+def _check_gpus_for(nproc: int, device: str) -> None:
+    import torch
+
+    from cnnlab.engine.device import resolve_device
+
+    if resolve_device(device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {nproc} but this machine has {torch.cuda.device_count()} CUDA GPU(s) — "
+                          f"use --nproc {torch.cuda.device_count()} or --device cpu")
 
 
 def _data_options(args: argparse.Namespace) -> dict:
@@ -343,6 +407,8 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "train":  # `train --nproc N` runs the same command line once per rank
+        args.argv = list(argv) if argv is not None else sys.argv[1:]
     if not args.command:
         parser.print_help()
         return 2

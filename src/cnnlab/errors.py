@@ -37,3 +37,9 @@ class TrainingError(CnnlabError):
     """Training cannot continue (e.g. non-finite loss); exit code 1, the checkpoint stays."""
 
     exit_code = 1
+
+
+class DistributedError(CnnlabError):
+    """A rank could not join the other ranks of a distributed run, or lost contact with them; exit code 1."""
+
+    exit_code = 1

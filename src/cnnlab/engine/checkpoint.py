@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from cnnlab.engine.distributed import is_main_process
 from cnnlab.engine.io import as_os_error, atomic_path
 from cnnlab.errors import CnnlabError
 
@@ -38,7 +39,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CnnlabError(f"{p}: unreadable checkpoint ({str(e).splitlines()[0][:120]}) — it is damaged or not from cnnlab") from None
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
         raise CnnlabError(f"{p}: not a cnnlab checkpoint")
-    remove_stale_temp_files(p.parent)
+    if is_main_process():  # in a distributed run rank 0 may already be writing into the folder
+        remove_stale_temp_files(p.parent)
     return state
 
 

@@ -82,7 +82,11 @@ def predict_logits(
 
 def evaluate_arrays(model, x, y, norm, device, precision="fp32", batch_size=256, tta: bool = False) -> dict:
     """Loss and accuracy over a whole split (loss averaged over images); tta as in predict_logits."""
-    logits = predict_logits(model, x, norm, device, precision, batch_size, tta=tta)
+    return metrics_from_logits(predict_logits(model, x, norm, device, precision, batch_size, tta=tta), y)
+
+
+def metrics_from_logits(logits: torch.Tensor, y) -> dict:
+    """Loss (averaged over images) and accuracy of a split's logits (also used on logits gathered from ranks)."""
     yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
     loss = float(loss_fn(logits, yt)) if len(yt) else float("nan")
     acc = int((predicted_class(logits) == yt).sum()) / len(yt) if len(yt) else float("nan")

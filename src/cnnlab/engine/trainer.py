@@ -25,6 +25,7 @@ from cnnlab import __version__
 from cnnlab.config import TrainConfig
 from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_targets
 from cnnlab.data.dataset import Dataset
+from cnnlab.engine import distributed as ddp
 from cnnlab.engine import run_dir as rd
 from cnnlab.engine.checkpoint import save_checkpoint
 from cnnlab.engine.device import autocast, cpu_description, resolve_device, resolve_precision
@@ -172,13 +173,18 @@ def fit(
     """Train `model` on `dataset` as `cfg` says and write a run folder. Returns a TrainResult.
 
     'auto' recipe values in cfg are resolved first (cfg.resolved()); the run folder records the result.
+    In a distributed run (`--nproc N`, torchrun: see engine/distributed.py) every rank calls fit; the ranks
+    split each global batch of cfg.batch_size images, and only rank 0 writes the run folder.
     """
     cfg = cfg.validate().resolved()
     device = resolve_device(cfg.device)
+    dist_ctx = ddp.setup(device)  # a no-op context in a single process
+    device = dist_ctx.device
+    main = dist_ctx.is_main
     precision = resolve_precision(cfg.precision, device)
     augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args))
-    run = Path(resume_dir) if resume_dir is not None else rd.prepare_run_dir(out, overwrite)
-    progress = _Progress(quiet)
+    run = Path(resume_dir) if resume_dir is not None else dist_ctx.on_main(lambda: rd.prepare_run_dir(out, overwrite))
+    progress = _Progress(quiet or not main)
 
     h, w, c = dataset.image_shape
     meta = model_metadata(model, dataset.class_names, (c, h, w), dataset=dataset.spec)
@@ -194,6 +200,7 @@ def fit(
     plain_loss = not (augmenter.ops["mixup"] or augmenter.ops["cutmix"] or cfg.label_smoothing or cfg.balance)
 
     model.to(device).train()
+    net = dist_ctx.wrap(model)  # DDP in a distributed run: its backward averages the gradients over ranks
     optimizer = build_optimizer(model, cfg)
     # With a time budget the number of epochs is planned from measured speed (first batches, then each epoch)
     planned_epochs = cfg.epochs
@@ -216,13 +223,16 @@ def fit(
         "seconds": {"load": load_seconds},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if dist_ctx.distributed:
+        run_info["distributed"] = dist_ctx.describe()
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
-        torch.set_rng_state(resume_state["rng_torch"])
+        rng_ranks = resume_state.get("rng_torch_ranks") or []
+        torch.set_rng_state(rng_ranks[dist_ctx.rank] if len(rng_ranks) == dist_ctx.world_size else resume_state["rng_torch"])
         history = list(resume_state["history"])
         start_epoch, start_step = resume_state["epoch"], resume_state["step"]
-        partial = resume_state.get("partial")
+        partial = resume_state.get("partial") if main else None  # saved summed over ranks: rank 0 carries it on
         if resume_state.get("schedule"):
             schedule.load_state_dict(resume_state["schedule"])
             planned_epochs = min(cfg.epochs, int(resume_state["planned_epochs"]))
@@ -234,19 +244,25 @@ def fit(
         run_info["resumed"] = run_info.get("resumed", 0) + 1
         progress.print(f"resuming {run} at epoch {start_epoch}, batch {start_step}/{steps}")
     else:
-        seed_everything(cfg.seed, cfg.deterministic)
-        (run / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
-        _write_samples(dataset, run / "samples.png", cfg.seed)
-        if dataset.bad_files:
-            (run / "bad_files.txt").write_text("".join(f"{p}\t{r}\n" for p, r in dataset.bad_files), encoding="utf-8")
-    rd.write_json(run / "run.json", run_info)
+        seed_everything(cfg.seed + dist_ctx.rank, cfg.deterministic)  # per-rank streams (dropout); rank 0 = single process
+        if main:
+            (run / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+            _write_samples(dataset, run / "samples.png", cfg.seed)
+            if dataset.bad_files:
+                (run / "bad_files.txt").write_text("".join(f"{p}\t{r}\n" for p, r in dataset.bad_files), encoding="utf-8")
+    if main:
+        rd.write_json(run / "run.json", run_info)
 
     def eval_model() -> nn.Module:
         return ema.module if ema is not None else model
 
     def checkpoint(epoch: int, step: int, partial_stats: dict | None) -> None:
+        rng_states = dist_ctx.rng_states()  # a collective: every rank calls checkpoint, rank 0 writes
+        if not main:
+            return
         save_checkpoint(run / "last.ckpt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng_torch": torch.get_rng_state(),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng_torch": rng_states[0],
+            "rng_torch_ranks": rng_states if dist_ctx.distributed else None,
             "epoch": epoch, "step": step, "partial": partial_stats, "history": history,
             "schedule": schedule.state_dict(), "planned_epochs": planned_epochs, "best": best,
             "ema": ema.state_dict() if ema is not None else None, "best_weights": best_weights,
@@ -258,10 +274,11 @@ def fit(
     n_test = len(dataset.splits["test"]) if "test" in dataset.splits else 0
     test_passes = 2 if cfg.tta else 1
     reserve = [2.0]
+    budget_used_before = dist_ctx.broadcast_number(load_seconds or 0.0) if cfg.time_budget is not None else 0.0
 
     def plan_epochs(done: int, seconds_per_epoch: float, elapsed: float) -> int:
         """How many epochs fit in the time budget, given the measured seconds per epoch."""
-        left = cfg.time_budget - (load_seconds or 0.0) - reserve[0] - elapsed
+        left = cfg.time_budget - budget_used_before - reserve[0] - elapsed
         more = int(max(0.0, left) / max(seconds_per_epoch, 1e-9))
         return max(done, min(cfg.epochs, done + more))
 
@@ -287,6 +304,7 @@ def fit(
     epoch, step, stats = start_epoch, start_step, partial
     stop_reason = None
     training_finished = False
+    stopping_at_boundary = False  # set when all ranks agreed to stop before a batch: the state there resumes exactly
     try:
         epoch = start_epoch
         while epoch <= planned_epochs:
@@ -296,49 +314,53 @@ def fit(
             progress.start_epoch(epoch, planned_epochs, steps, step)
             t_first = None
             for step in range(step, steps):
-                if stop_requested:
-                    raise Interrupted(stop_requested[0])
+                stop = dist_ctx.stop_reason(stop_requested)  # distributed: a signal on any rank stops every rank here
+                if stop:
+                    stopping_at_boundary = True
+                    raise Interrupted(stop)
                 for group in optimizer.param_groups:  # the schedule is a pure function of the global step
                     group["lr"] = cfg.lr * schedule.factor((epoch - 1) * steps + step)
                 idx = order[step * bs : (step + 1) * bs]
+                n_global, idx = len(idx), dist_ctx.shard(idx)  # this rank's share of the global batch
                 xb = to_input(x_train[idx], norm, device)
                 yb = y_train[idx].to(device, non_blocking=True)
                 y2, lam = None, 1.0
-                if augmenter.enabled:
-                    xb, y2, lam = augmenter(xb, yb, batch_generator(cfg.seed, epoch, step))
+                if augmenter.enabled and len(idx):  # (a rank's share of a short last batch can be empty)
+                    xb, y2, lam = augmenter(xb, yb, dist_ctx.rank_generator(batch_generator(cfg.seed, epoch, step)))
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 with autocast(device, precision):
-                    logits = model(xb)
+                    logits = net(xb)
                 if plain_loss:
                     loss = loss_fn(logits, yb)
                 else:
                     w_b = None if weights is None else weights[yb] * lam + (0 if y2 is None else weights[y2] * (1 - lam))
                     loss = train_loss(logits, soft_targets(yb, k, y2, lam, cfg.label_smoothing).to(device), w_b)
-                if not torch.isfinite(loss):
+                if not dist_ctx.all_finite(loss, len(idx)):  # distributed: on every rank
                     raise TrainingError(
-                        f"loss became {float(loss.detach())} at epoch {epoch}, batch {step + 1} — lower the learning rate (--lr);"
+                        f"loss became {float(loss.detach()) if len(idx) and not torch.isfinite(loss) else 'non-finite on another rank'} at epoch {epoch}, batch {step + 1} — lower the learning rate (--lr);"
                         + (f" the last good state is in {run / 'last.ckpt'}" if (run / "last.ckpt").exists()
                            else " no checkpoint was saved yet (it diverged in the first epoch)")
                     )
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                dist_ctx.scale_loss(loss, logits, len(idx), n_global).backward()
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 if ema is not None:
                     ema.update(model)
-                stats["loss_sum"] += float(loss.detach()) * len(idx)
+                stats["loss_sum"] += float(loss.detach()) * len(idx) if len(idx) else 0.0  # a rank's share may be empty
                 stats["correct"] += int((predicted_class(logits.detach()) == yb).sum())
                 stats["seen"] += len(idx)
-                progress.step(stats["loss_sum"] / stats["seen"], stats["correct"] / stats["seen"])
+                progress.step(stats["loss_sum"] / max(stats["seen"], 1), stats["correct"] / max(stats["seen"], 1))
                 # time budget, first epoch: estimate the epoch time from batches 2-5 (batch 1 pays warm-up costs)
                 if cfg.time_budget is not None and epoch == 1 and not history:
                     if step == start_step:
                         t_first = time.perf_counter()
                     elif t_first is not None and step == start_step + 4:
                         per_batch = (time.perf_counter() - t_first) / 4
-                        est = per_batch * steps * (1 + (0.35 * len(val) / n if has_val else 0))
-                        reserve[0] = 2.0 + 0.35 * per_batch / bs * n_test * test_passes  # inference ~1/3 of a step
+                        est = dist_ctx.broadcast_number(per_batch * steps * (1 + (0.35 * len(val) / n if has_val else 0)))
+                        # inference ~1/3 of a step (rank 0's figure, so every rank plans the same epochs)
+                        reserve[0] = dist_ctx.broadcast_number(2.0 + 0.35 * per_batch / bs * n_test * test_passes)
                         if est > 1.5 * cfg.time_budget:
                             raise ConfigError(f"--time-budget {cfg.time_budget:g}s is too short for one epoch (about {est:.0f}s here)"
                                               " — raise it, or use a smaller model, image size or dataset")
@@ -346,18 +368,20 @@ def fit(
                         schedule.total_steps = planned_epochs * steps
             step = steps
             stats["seconds"] += time.perf_counter() - t0
+            stats = dist_ctx.reduce_stats(stats)  # summed over ranks: the numbers one process would count
             t_val = time.perf_counter()
             row = {"epoch": epoch, "train_loss": stats["loss_sum"] / stats["seen"], "train_accuracy": stats["correct"] / stats["seen"],
                    "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"]}
             if has_val:
-                ev = evaluate_arrays(eval_model(), val.x, val.y, norm, device, precision)
+                ev = dist_ctx.evaluate(evaluate_arrays, eval_model(), val.x, val.y, norm, device, precision)
                 row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
-                reserve[0] = 2.0 + (time.perf_counter() - t_val) / len(val) * n_test * test_passes
-            row["seconds"] = stats["seconds"] + (time.perf_counter() - t_val)
+                reserve[0] = dist_ctx.broadcast_number(2.0 + (time.perf_counter() - t_val) / len(val) * n_test * test_passes)
+            row["seconds"] = dist_ctx.broadcast_number(stats["seconds"] + (time.perf_counter() - t_val))  # time-budget plans agree
             history.append(row)
             train_seconds += row["seconds"]
             progress.end_epoch(row, planned_epochs)
-            rd.write_metrics_csv(run / "metrics.csv", history)
+            if main:
+                rd.write_metrics_csv(run / "metrics.csv", history)
             schedule.epoch_end(row["val_loss"])
             if has_val and row["val_accuracy"] > best["accuracy"]:  # kept in memory and last.ckpt; written at the end
                 best = {"accuracy": row["val_accuracy"], "epoch": epoch}
@@ -385,26 +409,35 @@ def fit(
         training_finished = True
     except (Interrupted, KeyboardInterrupt) as e:
         progress.stop()
-        if stats is not None and step < steps and len(stop_requested) == 1:
+        if stats is not None and step < steps and stopping_at_boundary:
             stats["seconds"] += time.perf_counter() - t0
-            checkpoint(epoch, step, stats)
+            checkpoint(epoch, step, dist_ctx.reduce_stats(stats))
         run_info["status"] = "interrupted"
-        rd.write_json(run / "run.json", run_info)
+        if main:
+            rd.write_json(run / "run.json", run_info)
         why = e.args[0] if isinstance(e, Interrupted) and e.args else "SIGINT"
-        raise TrainingError(f"training interrupted ({why}); state saved in {run / 'last.ckpt'} — resume with: cnnlab train --resume {run}") from None
+        raise TrainingError(f"training interrupted ({why}); state saved in {run / 'last.ckpt'} — resume with: {dist_ctx.resume_command(run)}") from None
     except StopTraining:
         progress.stop()
         run_info["status"] = "stopped"
-        rd.write_json(run / "run.json", run_info)
+        if main:
+            rd.write_json(run / "run.json", run_info)
         raise
-    except CnnlabError:
+    except (CnnlabError, RuntimeError) as e:
+        lost = dist_ctx.lost_contact(e, run)  # a collective failed: another rank died or hung
+        if lost is None and not isinstance(e, CnnlabError):
+            raise
         progress.stop()
         run_info["status"] = "failed"
-        rd.write_json(run / "run.json", run_info)
+        if main:
+            rd.write_json(run / "run.json", run_info)
+        if lost is not None:
+            raise lost from None
         raise
     finally:
         if not training_finished:  # leaving with an error or a stop: the caller gets its handlers back now
             restore_handlers()
+            dist_ctx.close()
 
     # A stop signal during the final writes (a few seconds) is noted and the run completes: the handlers stay
     # installed until the model file and run.json are written, so the run never ends half-finished.
@@ -415,14 +448,19 @@ def fit(
         test = None
         if "test" in dataset.splits and len(dataset.splits["test"]):
             ts = dataset.splits["test"]
-            ev = evaluate_arrays(model, ts.x, ts.y, norm, device, precision, tta=bool(cfg.tta))
+            ev = dist_ctx.evaluate(evaluate_arrays, model, ts.x, ts.y, norm, device, precision, tta=bool(cfg.tta))
             test = {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": "test", "tta": bool(cfg.tta)}
-            _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
+            if main:
+                _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
             progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images{', flip TTA' if cfg.tta else ''})")
         elif has_val:
-            ev = evaluate_arrays(model, val.x, val.y, norm, device, precision)
-            _write_predictions(val, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
+            ev = dist_ctx.evaluate(evaluate_arrays, model, val.x, val.y, norm, device, precision)
+            if main:
+                _write_predictions(val, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
         eval_seconds = time.perf_counter() - t_eval
+        dist_ctx.close()  # no collectives from here on: other ranks are done, rank 0 writes the run folder
+        if not main:
+            return TrainResult(run, model.eval(), meta, history, test)
         final = history[-1] if history else {}
         meta["metrics"] = {"val_accuracy": final.get("val_accuracy"), "test_accuracy": test["accuracy"] if test else None}
         meta["config"] = cfg.to_dict()
@@ -446,6 +484,7 @@ def fit(
         rd.write_json(run / "run.json", run_info)
     finally:
         restore_handlers()
+        dist_ctx.close()
     if stop_requested:
         progress.print(f"{stop_requested[0]} arrived while the finished run was being written; the run completed first")
     return TrainResult(run, model.eval(), meta, history, test)
