@@ -31,8 +31,10 @@ def test_size_is_the_largest_that_fits_min_epochs(monkeypatch):
     p = auto.plan(cfg, 1440, None, 2, 3)
     assert (p.cfg.model, p.cfg.image_size, p.cfg.augment) == ("resnet9", 80, "standard")
     assert "80 px" in p.note and "~93 epochs" in p.note
-    # a 10x larger folder gets smaller images; a budget too small for any size gets the smallest
+    # a 10x larger folder gets smaller images; when no size fits, the one with the most epochs
     assert auto.plan(cfg, 14400, None, 2, 3).cfg.image_size == 32
+    monkeypatch.setattr(auto, "images_per_second", lambda size, *a, **k: {64: 50.0, 48: 20.0, 32: 30.0}.get(size, 10.0))
+    assert auto.plan(cfg, 14400, None, 2, 3).cfg.image_size == 64
     assert auto.plan(TrainConfig(data="x", time_budget=1), 14400, None, 2, 3).cfg.image_size == 32
 
 

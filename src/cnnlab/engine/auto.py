@@ -36,8 +36,9 @@ class Plan:
     seconds: float  # spent choosing (speed probe), counted in the time budget
 
 
-def images_per_second(size: int, num_classes: int, channels: int, cfg: TrainConfig, steps: int = 2) -> float:
-    """Training speed of the auto model at `size` px on this machine: a warm-up step, then `steps` timed."""
+def images_per_second(size: int, num_classes: int, channels: int, cfg: TrainConfig, steps: int = 3) -> float:
+    """Training speed of the auto model at `size` px on this machine: two warm-up steps, then the fastest of
+    `steps` timed ones (the fastest is the least disturbed by whatever else the machine is doing)."""
     from cnnlab.engine.device import autocast, resolve_device, resolve_precision
     from cnnlab.engine.trainer import train_loss
     from cnnlab.models import create_model
@@ -52,8 +53,8 @@ def images_per_second(size: int, num_classes: int, channels: int, cfg: TrainConf
         opt = torch.optim.AdamW(model.parameters(), 1e-4)
         x = torch.rand(bs, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
         t = torch.full((bs, max(num_classes, 2)), 1.0 / max(num_classes, 2), device=device)
-        elapsed = 0.0
-        for i in range(steps + 1):
+        best = float("inf")
+        for i in range(steps + 2):
             t0 = time.perf_counter()
             with autocast(device, precision):
                 out = model(x)
@@ -63,24 +64,27 @@ def images_per_second(size: int, num_classes: int, channels: int, cfg: TrainConf
             opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            if i:
-                elapsed += time.perf_counter() - t0
+            if i >= 2:
+                best = min(best, time.perf_counter() - t0)
     finally:
         torch.set_rng_state(torch_state)
-    return bs * steps / max(elapsed, 1e-9)
+    return bs / max(best, 1e-9)
 
 
 def choose_size(n_train: int, budget: float, num_classes: int, channels: int, cfg: TrainConfig,
                 largest: int | None = None) -> tuple[int, float]:
-    """The largest candidate size whose measured speed gives MIN_EPOCHS epochs of n_train images in `budget`."""
+    """The largest candidate size whose measured speed gives MIN_EPOCHS epochs of n_train images in `budget`;
+    when none does, the size that gives the most epochs (below 64 px the net keeps full resolution in its
+    stem, so the smallest size is not always the fastest)."""
     candidates = [s for s in SIZES if largest is None or s <= largest] or [SMALLEST]
-    ips = 0.0
+    tried: list[tuple[float, int]] = []
     for size in candidates:
-        ips = images_per_second(size, num_classes, channels, cfg)
-        epochs = budget * ips / (1.15 * max(n_train, 1))  # +15%: validation and the data path
+        epochs = budget * images_per_second(size, num_classes, channels, cfg) / (1.15 * max(n_train, 1))
         if epochs >= MIN_EPOCHS:
             return size, epochs
-    return candidates[-1], budget * ips / (1.15 * max(n_train, 1))
+        tried.append((epochs, size))
+    epochs, size = max(tried)
+    return size, epochs
 
 
 def plan(cfg: TrainConfig, n_train: int, native: tuple[int, int] | None, num_classes: int, channels: int) -> Plan:
