@@ -35,7 +35,7 @@ def test_size_is_the_largest_that_fits_min_epochs(monkeypatch):
     assert auto.plan(cfg, 14400, None, 2, 3).cfg.image_size == 32
     monkeypatch.setattr(auto, "images_per_second", lambda size, *a, **k: {64: 50.0, 48: 20.0, 32: 30.0}.get(size, 10.0))
     assert auto.plan(cfg, 14400, None, 2, 3).cfg.image_size == 64
-    assert auto.plan(TrainConfig(data="x", time_budget=1), 14400, None, 2, 3).cfg.image_size == 32
+    assert auto.plan(TrainConfig(data="x", time_budget=1), 14400, None, 2, 3).cfg.image_size == 64
 
 
 def test_fixed_size_data_keeps_its_size_unless_too_slow(monkeypatch):
