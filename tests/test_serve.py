@@ -209,6 +209,38 @@ def test_queue_full_503_timeout_504_and_healthz_under_load(trained_run, images32
         assert reply.startswith("HTTP/1.1 408") and "not received within" in reply
 
 
+def test_decoding_runs_off_the_event_loop(trained_run, images32, monkeypatch):
+    """A long decode (a big photo) must not block the event loop: /healthz answers while it runs."""
+    import cnnlab.serve.app as serve_app
+
+    run, _ = trained_run
+    x, _ = images32
+    entered, gate, real = threading.Event(), threading.Event(), serve_app.decode_upload
+
+    def slow_decode(data, name, clf, max_pixels):
+        entered.set()
+        gate.wait(60)  # holds this decode until the test has its answers
+        return real(data, name, clf, max_pixels)
+
+    monkeypatch.setattr(serve_app, "decode_upload", slow_decode)
+    with live_server(create_app(ServeConfig(model=str(run), backend="torch"))) as url:
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                pending = asyncio.create_task(c.post("/v1/predict", content=png_bytes(x[0]), headers={"content-type": "image/png"}))
+                try:
+                    await asyncio.to_thread(entered.wait, 30)
+                    health = await c.get("/healthz", timeout=30)  # a blocked event loop would never answer this
+                    metrics = (await c.get("/metrics", timeout=30)).text
+                finally:
+                    gate.set()
+                return health, metrics, await pending
+
+        health, metrics, pred = asyncio.run(scenario())
+    assert entered.is_set() and health.status_code == 200
+    assert 'path="/healthz",status="200"} 1' in metrics and 'path="/v1/predict"' not in metrics  # answered before the predict finished
+    assert pred.status_code == 200 and pred.json()["predictions"][0]["filename"] == "body"
+
+
 def test_dynamic_batching_groups_waiting_requests(trained_run, images32):
     run, _ = trained_run
     x, _ = images32

@@ -19,6 +19,7 @@ import re
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -53,6 +54,7 @@ class ServeConfig:
     body_timeout_s: float = 30.0  # receiving the request body (408 beyond)
     top_k: int = 5
     threads: int = 0  # intra-op threads of the backend; 0 = all cores
+    decode_threads: int = 0  # threads decoding uploads off the event loop; 0 = one per core
     ort_chunk: int = 4  # images per onnxruntime call inside one dynamic batch
 
     def validate(self) -> "ServeConfig":
@@ -63,6 +65,9 @@ class ServeConfig:
         for name in ("max_batch", "max_queue", "max_upload_bytes", "max_pixels", "max_images_per_request", "top_k", "ort_chunk"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("threads", "decode_threads"):
+            if int(getattr(self, name)) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 (automatic) or more, got {getattr(self, name)}")
         if self.max_delay_ms < 0 or self.timeout_s <= 0 or self.body_timeout_s <= 0:
             raise ConfigError("--max-delay-ms must be >= 0, --timeout-s and --body-timeout-s > 0")
         return self
@@ -148,8 +153,19 @@ def decode_upload(data: bytes, name: str, clf: Classifier, max_pixels: int) -> n
     return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
 
 
-async def read_images(request: Request, cfg: ServeConfig, clf: Classifier, max_count: int) -> tuple[list[str], np.ndarray]:
-    """Uploaded files (multipart parts, or one raw image body) decoded into one (N, H, W, C) array."""
+def decode_uploads(files: list[tuple[str, bytes]], clf: Classifier, max_pixels: int) -> np.ndarray:
+    """Decode every uploaded file into one (N, H, W, C) uint8 array; DataError names the first bad file."""
+    return np.stack([decode_upload(data, name, clf, max_pixels) for name, data in files])
+
+
+async def read_images(request: Request, cfg: ServeConfig, clf: Classifier, max_count: int,
+                      decode_pool: ThreadPoolExecutor | None = None) -> tuple[list[str], np.ndarray]:
+    """Uploaded files (multipart parts, or one raw image body) decoded into one (N, H, W, C) array.
+
+    The decoding runs in `decode_pool` (Pillow releases the GIL while it decodes and resizes), so the
+    event loop keeps parsing other requests and answering /healthz meanwhile; the pool's size also
+    bounds how many images are being decoded (and held in memory at full size) at once.
+    """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     files: list[tuple[str, bytes]] = []
     if ctype == "multipart/form-data":
@@ -170,13 +186,19 @@ async def read_images(request: Request, cfg: ServeConfig, clf: Classifier, max_c
         raise HTTPException(415, f"unsupported content type {ctype or '(none)'!r} — send multipart/form-data or an image/* body")
     if len(files) > max_count:
         raise HTTPException(400, f"{len(files)} images in one request; the limit is {max_count}")
-    arrays = []
-    for name, data in files:
-        try:
-            arrays.append(decode_upload(data, name, clf, cfg.max_pixels))
-        except DataError as e:
-            raise HTTPException(400, str(e)) from None
-    return [n for n, _ in files], np.stack(arrays)
+    try:
+        if decode_pool is None:
+            x = decode_uploads(files, clf, cfg.max_pixels)
+        else:
+            x = await asyncio.get_running_loop().run_in_executor(decode_pool, decode_uploads, files, clf, cfg.max_pixels)
+    except DataError as e:
+        raise HTTPException(400, str(e)) from None
+    return [n for n, _ in files], x
+
+
+def json_response(payload: dict) -> Response:
+    """JSON without FastAPI's response-model validation and encoder pass (the payload is plain already)."""
+    return Response(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), media_type="application/json")
 
 
 # ------------------------------------------------------------------ ASGI middleware
@@ -283,12 +305,14 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
     explain_lock = threading.Lock()  # Grad-CAM hooks one model: one explanation at a time
     metrics = ServerMetrics(lambda: batcher.queued_images)
     batcher = DynamicBatcher(backend.predict_proba, cfg.max_batch, cfg.max_delay_ms, cfg.max_queue, on_batch=metrics.observe_batch)
+    decode_pool = ThreadPoolExecutor(cfg.decode_threads or os.cpu_count() or 1, thread_name_prefix="cnnlab-decode")
 
     @asynccontextmanager
     async def lifespan(app):
         await batcher.start()
         yield
         await batcher.stop()
+        decode_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="cnnlab prediction service", version=__version__, lifespan=lifespan,
                   description=f"Model {clf.meta['model']} with classes {', '.join(clf.class_names)}.")
@@ -309,16 +333,16 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/v1/predict", openapi_extra={"requestBody": _UPLOAD_BODY})
-    async def predict(request: Request, top_k: int = Query(cfg.top_k, ge=1, le=1000)) -> dict:
-        names, x = await read_images(request, cfg, clf, cfg.max_images_per_request)
+    @app.post("/v1/predict", openapi_extra={"requestBody": _UPLOAD_BODY}, response_class=JSONResponse)
+    async def predict(request: Request, top_k: int = Query(cfg.top_k, ge=1, le=1000)) -> Response:
+        names, x = await read_images(request, cfg, clf, cfg.max_images_per_request, decode_pool)
         try:
             probs = await asyncio.wait_for(batcher.submit(x), cfg.timeout_s)
         except QueueFull as e:
             raise HTTPException(503, f"server busy: {e}; retry shortly", headers={"Retry-After": "1"}) from None
         except asyncio.TimeoutError:
             raise HTTPException(504, f"prediction took longer than {cfg.timeout_s:g} s") from None
-        return {"model": clf.meta["model"], "predictions": [{"filename": n, **clf.describe(p, top_k)} for n, p in zip(names, probs)]}
+        return json_response({"model": clf.meta["model"], "predictions": [{"filename": n, **clf.describe(p, top_k)} for n, p in zip(names, probs)]})
 
     @app.post("/v1/explain", openapi_extra={"requestBody": _UPLOAD_BODY},
               responses={200: {"content": {"image/png": {}, "application/json": {}}}})
@@ -330,7 +354,7 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
             raise HTTPException(501, "Grad-CAM is not available in this installation") from None
         if class_name is not None and class_name not in clf.class_names:
             raise HTTPException(400, f"unknown class {class_name!r} — choose one of: {', '.join(clf.class_names)}")
-        names, x = await read_images(request, cfg, clf, 1)
+        names, x = await read_images(request, cfg, clf, 1, decode_pool)
 
         def run():
             with explain_lock:
