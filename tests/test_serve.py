@@ -287,11 +287,23 @@ def test_explain_png_and_json(torch_server, images32):
     assert httpx.post(f"{u}?format=gif", content=png_bytes(x[0]), headers=h).status_code == 422
 
 
+def test_thread_defaults_split_the_cores():
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    auto = ServeConfig(model="m").with_thread_defaults()
+    assert auto.threads == max(1, cores // 2) and auto.decode_threads == cores
+    assert ServeConfig(model="m", threads=3, decode_threads=5).with_thread_defaults(workers=4) == ServeConfig(model="m", threads=3, decode_threads=5)
+    many = ServeConfig(model="m").with_thread_defaults(workers=4 * cores)
+    assert many.threads == 1 and many.decode_threads == 1
+
+
 def test_serve_cli_errors(cli, tmp_path):
     assert_clean_error(cli("serve", "https://example.com/model.safetensors"), "local model files only")
     assert_clean_error(cli("serve", tmp_path / "nope"), "nope", "no such model file")
     assert_clean_error(cli("serve", tmp_path, "--max-batch", "0"), "--max-batch")
     assert_clean_error(cli("serve", tmp_path, "--port", "70000"), "--port")
+    assert_clean_error(cli("serve", tmp_path, "--decode-threads", "-1"), "--decode-threads")
 
 
 def test_serve_command_starts_a_real_server(trained_run, tmp_path):
