@@ -129,6 +129,34 @@ def test_onnxruntime_backend_matches_torch(trained_run, images32):
         assert b.status_code == 400 and "too many pixels" in b.json()["detail"]
 
 
+def test_raw_fast_path_answers_like_the_fastapi_route(torch_server, images32, monkeypatch):
+    """A raw body with at most `top_k` skips FastAPI; any other query parameter goes through the route. Same answers."""
+    import cnnlab.serve.app as serve_app
+
+    x, _ = images32
+    routed = []
+    real = serve_app.read_uploads
+
+    async def counting(*args, **kwargs):
+        routed.append(1)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(serve_app, "read_uploads", counting)
+    big = np.zeros((120, 120, 3), np.uint8)  # over this server's 10,000-pixel limit
+    cases = [("?top_k=2", png_bytes(x[0]), "image/png"), ("", png_bytes(x[1], "JPEG"), "image/jpeg"),
+             ("?top_k=1", png_bytes(x[2]), "application/octet-stream"), ("", b"definitely not a png", "image/png"),
+             ("", b"", "image/png"), ("?top_k=3", png_bytes(big), "image/png")]
+    for query, body, ctype in cases:
+        fast = httpx.post(f"{torch_server}/v1/predict{query}", content=body, headers={"content-type": ctype})
+        assert not routed, query
+        slow = httpx.post(f"{torch_server}/v1/predict{query or '?'}&via=route", content=body, headers={"content-type": ctype})
+        assert routed == [1], query
+        routed.clear()
+        assert (fast.status_code, fast.headers["content-type"], fast.content) == (slow.status_code, slow.headers["content-type"], slow.content)
+    assert [httpx.post(f"{torch_server}/v1/predict?top_k={k}", content=png_bytes(x[0]), headers={"content-type": "image/png"}).status_code
+            for k in ("0", "1001", "x", "")] == [422] * 4  # invalid values go to the route, which answers 422
+
+
 def test_every_limit_has_its_status(torch_server, images32):
     x, _ = images32
     u = f"{torch_server}/v1/predict"

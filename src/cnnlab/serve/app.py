@@ -172,14 +172,24 @@ def decode_uploads(files: list[tuple[str, bytes]], clf: Classifier, max_pixels: 
     return np.stack([decode_upload(data, name, clf, max_pixels) for name, data in files])
 
 
-async def read_images(request: Request, cfg: ServeConfig, clf: Classifier, max_count: int,
-                      decode_pool: ThreadPoolExecutor | None = None) -> tuple[list[str], np.ndarray]:
-    """Uploaded files (multipart parts, or one raw image body) decoded into one (N, H, W, C) array.
+async def decode_off_loop(files: list[tuple[str, bytes]], cfg: ServeConfig, clf: Classifier,
+                          decode_pool: ThreadPoolExecutor | None) -> np.ndarray:
+    """decode_uploads in `decode_pool`; a bad file is a 400 with the reason.
 
-    The decoding runs in `decode_pool` (Pillow releases the GIL while it decodes and resizes), so the
-    event loop keeps parsing other requests and answering /healthz meanwhile; the pool's size also
-    bounds how many images are being decoded (and held in memory at full size) at once.
+    Pillow releases the GIL while it decodes and resizes, so the event loop keeps parsing other
+    requests and answering /healthz meanwhile; the pool's size also bounds how many images are being
+    decoded (and held in memory at full size) at once.
     """
+    try:
+        if decode_pool is None:
+            return decode_uploads(files, clf, cfg.max_pixels)
+        return await asyncio.get_running_loop().run_in_executor(decode_pool, decode_uploads, files, clf, cfg.max_pixels)
+    except DataError as e:
+        raise HTTPException(400, str(e)) from None
+
+
+async def read_uploads(request: Request, cfg: ServeConfig, max_count: int) -> list[tuple[str, bytes]]:
+    """(name, bytes) of the uploaded files: multipart file parts, or one raw image body named "body"."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     files: list[tuple[str, bytes]] = []
     if ctype == "multipart/form-data":
@@ -200,19 +210,23 @@ async def read_images(request: Request, cfg: ServeConfig, clf: Classifier, max_c
         raise HTTPException(415, f"unsupported content type {ctype or '(none)'!r} — send multipart/form-data or an image/* body")
     if len(files) > max_count:
         raise HTTPException(400, f"{len(files)} images in one request; the limit is {max_count}")
-    try:
-        if decode_pool is None:
-            x = decode_uploads(files, clf, cfg.max_pixels)
-        else:
-            x = await asyncio.get_running_loop().run_in_executor(decode_pool, decode_uploads, files, clf, cfg.max_pixels)
-    except DataError as e:
-        raise HTTPException(400, str(e)) from None
-    return [n for n, _ in files], x
+    return files
+
+
+async def read_images(request: Request, cfg: ServeConfig, clf: Classifier, max_count: int,
+                      decode_pool: ThreadPoolExecutor | None = None) -> tuple[list[str], np.ndarray]:
+    """Uploaded files decoded (off the event loop when given a pool) into one (N, H, W, C) array."""
+    files = await read_uploads(request, cfg, max_count)
+    return [n for n, _ in files], await decode_off_loop(files, cfg, clf, decode_pool)
+
+
+def json_bytes(payload: dict) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()  # as FastAPI's JSONResponse renders
 
 
 def json_response(payload: dict) -> Response:
     """JSON without FastAPI's response-model validation and encoder pass (the payload is plain already)."""
-    return Response(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(), media_type="application/json")
+    return Response(json_bytes(payload), media_type="application/json")
 
 
 # ------------------------------------------------------------------ ASGI middleware
@@ -297,6 +311,58 @@ class Metered:
             self.metrics.observe_request(scope["method"], path, status, time.perf_counter() - start)
 
 
+class RawPredictFastPath:
+    """`POST /v1/predict` with one raw image body and at most a plain `top_k`: answered without FastAPI.
+
+    The common request of a busy service. FastAPI's routing, dependency solving and middleware stack
+    cost about as much event-loop time per request as everything else the loop does for it together
+    (measured at 16 clients with decoding and model stubbed out: ~0.5 ms of server CPU per request
+    through the route, ~0.25 ms here); that time is better left to decoding and batches. Anything else
+    (multipart bodies, other or invalid query parameters, other content types) goes on to the FastAPI
+    route, and both call the same `predict(files, top_k)`, so they answer alike (tested).
+    """
+
+    def __init__(self, app, predict, default_top_k: int):
+        self.app, self.predict, self.default_top_k = app, predict, default_top_k
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/v1/predict":
+            top_k = _plain_top_k(scope["query_string"], self.default_top_k)
+            ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"").decode("latin-1")
+            if top_k is not None and ctype.split(";")[0].strip().lower().startswith(RAW_IMAGE_TYPES):
+                chunks = []
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return
+                    chunks.append(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+                try:
+                    payload = await self.predict([("body", b"".join(chunks))], top_k)
+                except HTTPException as e:
+                    return await _send_bytes(send, e.status_code, json_bytes({"detail": e.detail}), e.headers)
+                return await _send_bytes(send, 200, json_bytes(payload))
+        return await self.app(scope, receive, send)
+
+
+def _plain_top_k(query: bytes, default: int) -> int | None:
+    """top_k from a query string that is empty or exactly `top_k=N` with 1 <= N <= 1000; else None."""
+    if not query:
+        return default
+    name, _, value = query.partition(b"=")
+    if name != b"top_k" or not value.isdigit() or len(value) > 4 or not 1 <= int(value) <= 1000:
+        return None
+    return int(value)
+
+
+async def _send_bytes(send, status: int, body: bytes, headers: dict | None = None) -> None:
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json"), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
 # ------------------------------------------------------------------ the app
 
 _UPLOAD_BODY = {
@@ -347,16 +413,20 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
     async def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/v1/predict", openapi_extra={"requestBody": _UPLOAD_BODY}, response_class=JSONResponse)
-    async def predict(request: Request, top_k: int = Query(cfg.top_k, ge=1, le=1000)) -> Response:
-        names, x = await read_images(request, cfg, clf, cfg.max_images_per_request, decode_pool)
+    async def predict_files(files: list[tuple[str, bytes]], top_k: int) -> dict:
+        """Decode, batch, answer: the one implementation behind both ways into /v1/predict."""
+        x = await decode_off_loop(files, cfg, clf, decode_pool)
         try:
             probs = await asyncio.wait_for(batcher.submit(x), cfg.timeout_s)
         except QueueFull as e:
             raise HTTPException(503, f"server busy: {e}; retry shortly", headers={"Retry-After": "1"}) from None
         except asyncio.TimeoutError:
             raise HTTPException(504, f"prediction took longer than {cfg.timeout_s:g} s") from None
-        return json_response({"model": clf.meta["model"], "predictions": [{"filename": n, **clf.describe(p, top_k)} for n, p in zip(names, probs)]})
+        return {"model": clf.meta["model"], "predictions": [{"filename": n, **clf.describe(p, top_k)} for (n, _), p in zip(files, probs)]}
+
+    @app.post("/v1/predict", openapi_extra={"requestBody": _UPLOAD_BODY}, response_class=JSONResponse)
+    async def predict(request: Request, top_k: int = Query(cfg.top_k, ge=1, le=1000)) -> Response:
+        return json_response(await predict_files(await read_uploads(request, cfg, cfg.max_images_per_request), top_k))
 
     @app.post("/v1/explain", openapi_extra={"requestBody": _UPLOAD_BODY},
               responses={200: {"content": {"image/png": {}, "application/json": {}}}})
@@ -397,7 +467,7 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
             raise HTTPException(404, "not found")
         return Response(_static(name), media_type=types[Path(name).suffix] + "; charset=utf-8")
 
-    return Metered(BodyLimit(app, cfg.max_upload_bytes, cfg.body_timeout_s), metrics)
+    return Metered(BodyLimit(RawPredictFastPath(app, predict_files, cfg.top_k), cfg.max_upload_bytes, cfg.body_timeout_s), metrics)
 
 
 def _header_safe(text: str) -> str:
