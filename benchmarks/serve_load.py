@@ -94,7 +94,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, requests: list[bytes], n: int, deadline: float, latencies: list, statuses: list, done: asyncio.Future):
         self.requests, self.n, self.deadline = requests, n, deadline
         self.latencies, self.statuses, self.done = latencies, statuses, done
-        self.sent, self.buf, self.t0, self.transport = 0, b"", 0.0, None
+        self.sent, self.received, self.buf, self.t0, self.transport = 0, 0, b"", 0.0, None
 
     def connection_made(self, transport):
         self.transport = transport
@@ -125,11 +125,12 @@ class Connection(asyncio.Protocol):
             return
         self.latencies.append(time.perf_counter() - self.t0)
         self.statuses.append(int(self.buf[9:12]))
+        self.received += 1
         self.buf = self.buf[end + 4 + length :]
         self._send()
 
     def connection_lost(self, exc):
-        if self.sent > len(self.latencies):
+        if self.sent > self.received:
             self.statuses.append(-2)  # connection closed with a request unanswered
         if not self.done.done():
             self.done.set_result(None)
