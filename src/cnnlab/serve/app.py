@@ -53,7 +53,7 @@ class ServeConfig:
     timeout_s: float = 10.0  # waiting for the model (504 beyond)
     body_timeout_s: float = 30.0  # receiving the request body (408 beyond)
     top_k: int = 5
-    threads: int = 0  # intra-op threads of the backend; 0 = the backend's default (see with_thread_defaults)
+    threads: int = 0  # intra-op threads of the backend; 0 = automatic (with_thread_defaults; create_app alone: the backend's default)
     decode_threads: int = 0  # threads decoding uploads off the event loop; 0 = one per core
     ort_chunk: int = 4  # images per onnxruntime call inside one dynamic batch
 
@@ -78,9 +78,9 @@ class ServeConfig:
         The backend gets half the cores (at least 1) and the decoders one per core, split over
         `workers` processes: the forward pass, the decoding and the event loop run at the same time,
         and a backend that takes every core makes them queue behind it (measured on 2 cores, torch
-        backend, one image per forward pass: ~4.3 ms of CPU per request with 2 intra-op threads,
-        ~3.4 ms with 1 — OpenMP fork/join and spin-waiting). Not applied by create_app itself,
-        because torch's thread count is global to the process that embeds the app.
+        backend, one image per forward pass, decoding stubbed out: ~4.3 ms of CPU per request with 2
+        intra-op threads, ~3.4 ms with 1 — OpenMP fork/join and spin-waiting). Not applied by
+        create_app itself, because torch's thread count is global to the process that embeds the app.
         """
         cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         per_worker = max(1, cores // max(1, workers))
