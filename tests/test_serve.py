@@ -129,6 +129,34 @@ def test_onnxruntime_backend_matches_torch(trained_run, images32):
         assert b.status_code == 400 and "too many pixels" in b.json()["detail"]
 
 
+def test_raw_fast_path_answers_like_the_fastapi_route(torch_server, images32, monkeypatch):
+    """A raw body with at most `top_k` skips FastAPI; any other query parameter goes through the route. Same answers."""
+    import cnnlab.serve.app as serve_app
+
+    x, _ = images32
+    routed = []
+    real = serve_app.read_uploads
+
+    async def counting(*args, **kwargs):
+        routed.append(1)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(serve_app, "read_uploads", counting)
+    big = np.zeros((120, 120, 3), np.uint8)  # over this server's 10,000-pixel limit
+    cases = [("?top_k=2", png_bytes(x[0]), "image/png"), ("", png_bytes(x[1], "JPEG"), "image/jpeg"),
+             ("?top_k=1", png_bytes(x[2]), "application/octet-stream"), ("", b"definitely not a png", "image/png"),
+             ("", b"", "image/png"), ("?top_k=3", png_bytes(big), "image/png")]
+    for query, body, ctype in cases:
+        fast = httpx.post(f"{torch_server}/v1/predict{query}", content=body, headers={"content-type": ctype})
+        assert not routed, query
+        slow = httpx.post(f"{torch_server}/v1/predict{query or '?'}&via=route", content=body, headers={"content-type": ctype})
+        assert routed == [1], query
+        routed.clear()
+        assert (fast.status_code, fast.headers["content-type"], fast.content) == (slow.status_code, slow.headers["content-type"], slow.content)
+    assert [httpx.post(f"{torch_server}/v1/predict?top_k={k}", content=png_bytes(x[0]), headers={"content-type": "image/png"}).status_code
+            for k in ("0", "1001", "x", "")] == [422] * 4  # invalid values go to the route, which answers 422
+
+
 def test_every_limit_has_its_status(torch_server, images32):
     x, _ = images32
     u = f"{torch_server}/v1/predict"
@@ -209,6 +237,38 @@ def test_queue_full_503_timeout_504_and_healthz_under_load(trained_run, images32
         assert reply.startswith("HTTP/1.1 408") and "not received within" in reply
 
 
+def test_decoding_runs_off_the_event_loop(trained_run, images32, monkeypatch):
+    """A long decode (a big photo) must not block the event loop: /healthz answers while it runs."""
+    import cnnlab.serve.app as serve_app
+
+    run, _ = trained_run
+    x, _ = images32
+    entered, gate, real = threading.Event(), threading.Event(), serve_app.decode_upload
+
+    def slow_decode(data, name, clf, max_pixels):
+        entered.set()
+        gate.wait(60)  # holds this decode until the test has its answers
+        return real(data, name, clf, max_pixels)
+
+    monkeypatch.setattr(serve_app, "decode_upload", slow_decode)
+    with live_server(create_app(ServeConfig(model=str(run), backend="torch"))) as url:
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                pending = asyncio.create_task(c.post("/v1/predict", content=png_bytes(x[0]), headers={"content-type": "image/png"}))
+                try:
+                    await asyncio.to_thread(entered.wait, 30)
+                    health = await c.get("/healthz", timeout=30)  # a blocked event loop would never answer this
+                    metrics = (await c.get("/metrics", timeout=30)).text
+                finally:
+                    gate.set()
+                return health, metrics, await pending
+
+        health, metrics, pred = asyncio.run(scenario())
+    assert entered.is_set() and health.status_code == 200
+    assert 'path="/healthz",status="200"} 1' in metrics and 'path="/v1/predict"' not in metrics  # answered before the predict finished
+    assert pred.status_code == 200 and pred.json()["predictions"][0]["filename"] == "body"
+
+
 def test_dynamic_batching_groups_waiting_requests(trained_run, images32):
     run, _ = trained_run
     x, _ = images32
@@ -255,11 +315,23 @@ def test_explain_png_and_json(torch_server, images32):
     assert httpx.post(f"{u}?format=gif", content=png_bytes(x[0]), headers=h).status_code == 422
 
 
+def test_thread_defaults_split_the_cores():
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    auto = ServeConfig(model="m").with_thread_defaults()
+    assert auto.threads == max(1, cores // 2) and auto.decode_threads == cores
+    assert ServeConfig(model="m", threads=3, decode_threads=5).with_thread_defaults(workers=4) == ServeConfig(model="m", threads=3, decode_threads=5)
+    many = ServeConfig(model="m").with_thread_defaults(workers=4 * cores)
+    assert many.threads == 1 and many.decode_threads == 1
+
+
 def test_serve_cli_errors(cli, tmp_path):
     assert_clean_error(cli("serve", "https://example.com/model.safetensors"), "local model files only")
     assert_clean_error(cli("serve", tmp_path / "nope"), "nope", "no such model file")
     assert_clean_error(cli("serve", tmp_path, "--max-batch", "0"), "--max-batch")
     assert_clean_error(cli("serve", tmp_path, "--port", "70000"), "--port")
+    assert_clean_error(cli("serve", tmp_path, "--decode-threads", "-1"), "--decode-threads")
 
 
 def test_serve_command_starts_a_real_server(trained_run, tmp_path):
