@@ -28,11 +28,15 @@ from cnnlab.engine.trainer import TrainResult, fit
 from cnnlab.errors import CnnlabError, DataError, ModelError
 from cnnlab.insight.report import write_run_report
 
-DATA_KEYS = ("image_size", "image_shape", "channels", "classes", "val_split", "seed", "max_bad_fraction")
+DATA_KEYS = ("image_size", "image_shape", "channels", "classes", "val_split", "seed", "max_bad_fraction", "stream", "workers")
 
 
 def load_dataset(spec: str | Path, **options: Any) -> Dataset:
-    """Load a dataset (folder, seed CSV folder, .npz or builtin:NAME); see cnnlab.data.sources."""
+    """Load a dataset (folder, seed CSV folder, .npz or builtin:NAME); see cnnlab.data.sources.
+
+    Image folders take `stream=True|False|None` (None: stream from disk when too big for memory) and
+    `workers=N` (decoding processes when streaming).
+    """
     t0 = time.perf_counter()
     ds = _load_dataset(spec, **options)
     ds.load_seconds = time.perf_counter() - t0  # type: ignore[attr-defined]

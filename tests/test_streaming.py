@@ -1,0 +1,133 @@
+"""Image folders streamed from disk (`--stream`): same pixels, same data order, same weights as in memory.
+
+Small generated folders, worker processes for real (workers=1), no timing assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from cnnlab import api
+from cnnlab.data import stream as stream_mod
+from cnnlab.data.loader import BatchReader
+from cnnlab.data.stream import LazyImages, StreamSplit
+from cnnlab.engine import trainer
+from cnnlab.errors import DataError
+
+from conftest import write_image_folder
+
+TRAIN = ("--model", "seed_cnn", "--epochs", "2", "--batch-size", "16", "--image-size", "32", "--seed", "7", "--deterministic",
+         "--quiet", "--workers", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """60 images (PNG and JPEG, 40 px) in two class folders."""
+    return write_image_folder(tmp_path_factory.mktemp("stream") / "imgs", n_per_class=30, size=40)
+
+
+def _truncate(path: Path) -> None:
+    """A JPEG whose header is intact but whose pixel data stops early (passes the header scan, fails to decode)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: data.index(b"\xff\xda") + 40])  # a few bytes past the start-of-scan marker
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _metrics(run: Path) -> list[list[str]]:
+    """metrics.csv without the seconds column."""
+    rows = [ln.split(",") for ln in (run / "metrics.csv").read_text().splitlines()]
+    return [r[:-1] for r in rows]
+
+
+@pytest.fixture(scope="module")
+def in_memory_run(folder, tmp_path_factory) -> Path:
+    from cnnlab.cli import main
+
+    run = tmp_path_factory.mktemp("mem") / "run"
+    assert main(["train", "--data", str(folder), *TRAIN, "--no-stream", "--out", str(run)]) == 0
+    return run
+
+
+# ------------------------------------------------------------------ the lazy split
+
+
+def test_streamed_pixels_labels_and_splits_equal_the_in_memory_ones(folder):
+    mem = api.load_dataset(folder, image_size=32, stream=False)
+    lazy = api.load_dataset(folder, image_size=32, stream=True, workers=1)
+    assert type(mem.train) is not StreamSplit and isinstance(lazy.train, StreamSplit)
+    assert lazy.image_shape == mem.image_shape == (32, 32, 3) and lazy.summary()["stream"] and not mem.summary()["stream"]
+    for name in ("train", "val"):
+        m, s = mem.split(name), lazy.split(name)
+        assert list(s.paths) == list(m.paths)
+        np.testing.assert_array_equal(s.y, m.y)
+        np.testing.assert_array_equal(s.x[np.arange(len(s))], m.x)  # fancy indexing decodes those files
+        np.testing.assert_array_equal(s.x[3], m.x[3])
+        np.testing.assert_array_equal(s.x[1:4], m.x[1:4])
+        got = list(BatchReader(s, workers=1).batches(7, order=torch.randperm(len(s), generator=torch.Generator().manual_seed(1))))
+        order = torch.randperm(len(s), generator=torch.Generator().manual_seed(1))
+        np.testing.assert_array_equal(torch.cat([b.x for b in got]).numpy(), m.x[order.numpy()])
+        np.testing.assert_array_equal(torch.cat([b.index for b in got]).numpy(), order.numpy())
+
+
+def test_a_lazy_split_refuses_to_become_one_big_array(folder):
+    ds = api.load_dataset(folder, stream=True)
+    with pytest.raises(DataError, match="stream from disk and are not held in memory"):
+        np.asarray(ds.train.x)
+
+
+def test_auto_streams_only_when_the_decoded_folder_exceeds_the_memory_threshold(folder, monkeypatch):
+    decoded = 60 * 100 * 100 * 3
+    monkeypatch.setattr(stream_mod, "available_memory_bytes", lambda: int(decoded / stream_mod.STREAM_MEMORY_FRACTION) - 1)
+    assert api.load_dataset(folder).streamed
+    monkeypatch.setattr(stream_mod, "available_memory_bytes", lambda: int(decoded / stream_mod.STREAM_MEMORY_FRACTION) + 1)
+    assert not api.load_dataset(folder).streamed
+    assert not api.load_dataset(folder, stream=False).streamed
+    assert api.load_dataset(folder, stream=True).streamed
+
+
+def test_decoding_workers_get_their_cores_back(folder, monkeypatch):
+    from cnnlab.data import loader
+
+    ds = api.load_dataset(folder, stream=True, workers=1)
+    monkeypatch.setattr(loader, "available_cores", lambda: 2)
+    deterministic, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    torch.set_num_threads(2)
+    try:
+        seen = [torch.get_num_threads() for _ in BatchReader(ds.train, workers=1).batches(16)]
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    assert seen == [1] * (len(seen) - 1) + [2] and after == 2  # 1 worker + 1 thread on 2 cores; both back for the last batch
+
+
+def test_stream_is_for_image_folders_only(cli, seed_dir):
+    r = cli("train", "--data", "builtin:shapes?n=40&size=16", "--stream", "--quiet")
+    assert r.code == 2 and "built-in dataset" in r.err and "drop --stream" in r.err and "Traceback" not in r.err
+    r = cli("train", "--data", seed_dir, "--stream", "--quiet")
+    assert r.code == 2 and "seed CSV folder" in r.err
+    r = cli("train", "--data", seed_dir, "--workers", "-1", "--quiet")
+    assert r.code == 2 and "workers" in r.err
