@@ -131,3 +131,112 @@ def test_stream_is_for_image_folders_only(cli, seed_dir):
     assert r.code == 2 and "seed CSV folder" in r.err
     r = cli("train", "--data", seed_dir, "--workers", "-1", "--quiet")
     assert r.code == 2 and "workers" in r.err
+
+
+# ------------------------------------------------------------------ training
+
+
+def test_streamed_training_ends_bit_identical_to_in_memory(cli, folder, in_memory_run, tmp_path):
+    run = tmp_path / "run"
+    r = cli("train", "--data", folder, *TRAIN, "--stream", "--out", run)
+    assert r.code == 0, r
+    assert _same_weights(run, in_memory_run)
+    assert _metrics(run) == _metrics(in_memory_run)
+    assert "stream: true" in (run / "config.yaml").read_text() and "workers: 1" in (run / "config.yaml").read_text()
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "completed" and info["dataset"]["stream"] is True
+    for f in ("samples.png", "predictions.png", "report.html"):
+        assert (run / f).is_file(), f
+
+
+def test_streamed_run_interrupted_mid_epoch_resumes_bit_identical(cli, folder, in_memory_run, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_to_input, calls = trainer.to_input, []
+
+    def to_input(*args, **kwargs):  # Ctrl-C during epoch 2's first batch (4 batches per epoch): saved before its second
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_to_input(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "to_input", to_input)
+    r = cli("train", "--data", folder, *TRAIN, "--stream", "--out", run)
+    assert r.code == 1 and f"cnnlab train --resume {run}" in r.err and "Traceback" not in r.err, r
+    state = torch.load(run / "last.ckpt", weights_only=True)
+    assert (state["epoch"], state["step"]) == (2, 1)
+    monkeypatch.setattr(trainer, "to_input", real_to_input)
+    r = cli("train", "--resume", run, "--quiet")
+    assert r.code == 0, r
+    assert _same_weights(run, in_memory_run) and _metrics(run) == _metrics(in_memory_run)
+
+
+def test_evaluate_and_predict_on_a_streamed_run(cli, folder, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", "--data", folder, *TRAIN, "--stream", "--out", run).code == 0
+    mem = cli("evaluate", run, "--data", folder, "--split", "val", "--json", "--no-stream")
+    r = cli("evaluate", run, "--data", folder, "--split", "val", "--json", "--stream", "--workers", "1")
+    assert r.code == 0 and mem.code == 0, (r, mem)
+    streamed, in_memory = json.loads(r.out), json.loads(mem.out)
+    assert streamed["n"] == in_memory["n"] == 6 and streamed["accuracy"] == in_memory["accuracy"]
+    assert streamed["loss"] == pytest.approx(in_memory["loss"], rel=1e-6)
+    assert all(Path(t["path"]).is_file() for t in streamed["top_losses"])
+    r = cli("predict", run, "--data", folder, "--stream", "--random", "--seed", "1", "--json", "--out", tmp_path / "p.png")
+    assert r.code == 0, r
+    rec = json.loads(r.out)
+    assert rec["split"] == "val" and Path(rec["path"]).is_file() and (tmp_path / "p.png").is_file()
+    r = cli("predict", run, rec["path"], "--json")
+    assert r.code == 0 and json.loads(r.out)[0]["class"] == rec["class"]
+
+
+# ------------------------------------------------------------------ bad files
+
+
+@pytest.fixture
+def bad_folder(tmp_path) -> Path:
+    """60 good images, one file that is no image (caught by the header scan), one truncated JPEG (caught only on decoding)."""
+    root = write_image_folder(tmp_path / "imgs", n_per_class=30, size=40, exts=(".jpg",))
+    (root / "circle" / "notes.jpg").write_text("not a picture")
+    _truncate(next(iter(sorted((root / "square").glob("*.jpg")))))
+    return root
+
+
+def test_bad_files_are_skipped_and_recorded_while_streaming(cli, bad_folder, tmp_path):
+    run = tmp_path / "run"
+    r = cli("train", "--data", bad_folder, *TRAIN, "--stream", "--max-bad-fraction", "0.05", "--out", run)
+    assert r.code == 0 and "Traceback" not in r.err, r
+    lines = (run / "bad_files.txt").read_text().splitlines()
+    reasons = dict(ln.split("\t", 1) for ln in lines)
+    assert len(lines) == 2, lines  # each file once, though the truncated one is met every epoch
+    assert any(p.endswith("notes.jpg") and "not an image" in why for p, why in reasons.items())
+    assert any("square" in p and "truncated" in why for p, why in reasons.items())
+    assert json.loads((run / "run.json").read_text())["dataset"]["bad_files"] == 2
+    assert (run / "report.html").is_file()  # its evaluation leaves the truncated file out, like training
+
+
+def test_too_many_bad_files_mid_stream_is_one_line_naming_the_file(cli, bad_folder, tmp_path):
+    run = tmp_path / "run"
+    r = cli("train", "--data", bad_folder, *TRAIN, "--stream", "--max-bad-fraction", "0.02", "--out", run)
+    assert r.code == 2 and "Traceback" not in r.err, r
+    msg = r.err.strip()
+    assert msg.count("\n") == 0 and "max_bad_fraction=0.02" in msg and "truncated" in msg and "--max-bad-fraction" in msg, msg
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"
+
+
+def test_reading_a_bad_streamed_file_directly_names_it(bad_folder):
+    ds = api.load_dataset(bad_folder, stream=True, val_split=0, max_bad_fraction=0.5)
+    i = next(i for i, p in enumerate(ds.train.paths) if "square" in p)
+    with pytest.raises(DataError, match=r"cannot load image .*square.*truncated"):
+        ds.train.x[i]
+    assert isinstance(ds.train.x, LazyImages)
+
+
+def test_lr_find_reads_a_streamed_folder_like_memory(folder):
+    from cnnlab.config import TrainConfig
+    from cnnlab.engine.lr_find import lr_range_test
+
+    results = []
+    for stream in (False, True):
+        ds = api.load_dataset(folder, image_size=32, stream=stream, workers=1)
+        cfg = TrainConfig(data=str(folder), batch_size=16, seed=3)
+        results.append(lr_range_test(api.create_model("seed_cnn", ds, seed=3), ds, cfg, steps=6))
+    assert results[0]["losses"] == results[1]["losses"] and results[0]["steps"] == 6
