@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from cnnlab import api
@@ -24,6 +23,7 @@ from cnnlab.engine import trainer
 from cnnlab.errors import DataError
 
 from conftest import write_image_folder
+from test_reliability_images import zoo  # noqa: F401  (the bad image zoo fixture)
 
 TRAIN = ("--model", "seed_cnn", "--epochs", "2", "--batch-size", "16", "--image-size", "32", "--seed", "7", "--deterministic",
          "--quiet", "--workers", "1")
@@ -240,3 +240,18 @@ def test_lr_find_reads_a_streamed_folder_like_memory(folder):
         cfg = TrainConfig(data=str(folder), batch_size=16, seed=3)
         results.append(lr_range_test(api.create_model("seed_cnn", ds, seed=3), ds, cfg, steps=6))
     assert results[0]["losses"] == results[1]["losses"] and results[0]["steps"] == 6
+
+
+def test_bad_image_zoo_streamed_ends_with_the_in_memory_bad_list_and_pixels(zoo):
+    from test_reliability_images import BAD
+
+    def names(bad):
+        return {(Path(p).name, why) for p, why in bad}
+
+    mem = api.load_dataset(zoo, stream=False, val_split=0, max_bad_fraction=0.5)
+    lazy = api.load_dataset(zoo, stream=True, val_split=0, max_bad_fraction=0.5, workers=1)
+    assert {Path(p).name for p, _ in lazy.bad_files} == set(BAD) - {"truncated.jpg"}  # the header scan
+    assert names(lazy.bad_files) < names(mem.bad_files)  # same reasons as the full decode
+    x = torch.cat([b.x for b in BatchReader(lazy.train).batches(16)]).numpy()  # one pass meets the truncated file
+    assert names(lazy.bad_files) == names(mem.bad_files)
+    np.testing.assert_array_equal(x, mem.train.x)  # CMYK, 16-bit, palette+alpha, EXIF-rotated, GIF: same pixels

@@ -69,7 +69,7 @@ class BatchReader:
             return
         workers = max(0, min(self.workers, len(slices)))
         loader = torch.utils.data.DataLoader(
-            _DecodeBatches(self.split), sampler=slices, batch_size=None, collate_fn=_as_is, num_workers=workers,
+            _DecodeBatches(self.split), sampler=[s.numpy() for s in slices], batch_size=None, collate_fn=_as_is, num_workers=workers,
             prefetch_factor=PREFETCH_BATCHES if workers else None, worker_init_fn=_quiet_worker if workers else None,
         )
         threads = torch.get_num_threads()
@@ -109,7 +109,7 @@ def read_images(split: Split, idx) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _DecodeBatches(torch.utils.data.Dataset):
-    """dataset[index tensor] -> one decoded batch (runs in a worker process)."""
+    """dataset[index array] -> one decoded batch (runs in a worker process)."""
 
     def __init__(self, split: StreamSplit):
         self.paths, self.size, self.channels, self.y = split.x.paths, split.x.size, split.x.channels, split.y
@@ -117,8 +117,7 @@ class _DecodeBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, idx: torch.Tensor):
-        idx = idx.numpy()
+    def __getitem__(self, idx: np.ndarray):  # numpy, not a tensor view: pickled by value, not via the whole order's storage
         x, ok, bad = decode_files([os.fsdecode(self.paths[i]) for i in idx], self.size, self.channels)
         kept = idx[np.asarray(ok, dtype=np.int64)]
         return torch.from_numpy(x), torch.from_numpy(self.y[kept]), torch.from_numpy(kept), bad
