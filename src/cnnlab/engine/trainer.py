@@ -241,6 +241,8 @@ def fit(
         if dataset.bad_files:
             rd.write_bad_files(run / "bad_files.txt", dataset.bad_files)
     rd.write_json(run / "run.json", run_info)
+    if reader.streamed:
+        progress.print(f"streaming {n:,} training images from disk, {reader.workers} decoding worker process(es)")
 
     def eval_model() -> nn.Module:
         return ema.module if ema is not None else model
