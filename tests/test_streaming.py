@@ -5,6 +5,7 @@ Small generated folders, worker processes for real (workers=1), no timing assert
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -255,3 +256,18 @@ def test_bad_image_zoo_streamed_ends_with_the_in_memory_bad_list_and_pixels(zoo)
     x = torch.cat([b.x for b in BatchReader(lazy.train).batches(16)]).numpy()  # one pass meets the truncated file
     assert names(lazy.bad_files) == names(mem.bad_files)
     np.testing.assert_array_equal(x, mem.train.x)  # CMYK, 16-bit, palette+alpha, EXIF-rotated, GIF: same pixels
+
+
+def test_the_default_recipe_resizes_a_streamed_dataset_by_decoding_at_the_new_size(folder, monkeypatch):
+    from cnnlab.config import TrainConfig
+    from cnnlab.engine import auto
+
+    def plan(cfg, *args):  # the recipe's choice, without its speed probe
+        return auto.Plan(dataclasses.replace(cfg, model="resnet9", image_size=24), "auto: resnet9 at 24 px", 0.0)
+
+    monkeypatch.setattr(auto, "plan", plan)
+    lazy = api.load_dataset(folder, image_size=32, stream=True, workers=1)
+    cfg, ds = api._auto_recipe(TrainConfig(data=str(folder)), lazy, quiet=True)
+    assert cfg.image_size == 24 and ds.streamed and ds.image_shape == (24, 24, 3)
+    mem = api.load_dataset(folder, image_size=24, stream=False)
+    np.testing.assert_array_equal(ds.train.x[np.arange(len(ds.train))], mem.train.x)

@@ -117,6 +117,7 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
 def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool) -> tuple[TrainConfig, Dataset]:
     """model = 'auto': choose model, image size and augmentation (engine/auto.py), then load the data at that size."""
     from cnnlab.data.sources import image_folder_counts, resize_images
+    from cnnlab.data.stream import StreamSplit
     from cnnlab.engine import auto
 
     folder = image_folder_counts(cfg.data) if ds is None and cfg.image_size is None else None
@@ -134,7 +135,8 @@ def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool) -> tuple[Tra
         plan = auto.plan(cfg, len(ds.train), (h, w), ds.num_classes, c)
         size = plan.cfg.image_size
         if size is not None and (h, w) != (size, size):
-            splits = {name: Split(resize_images(v.x, size), v.y, v.paths) for name, v in ds.splits.items()}
+            splits = {name: v.resized(size) if isinstance(v, StreamSplit) else Split(resize_images(v.x, size), v.y, v.paths)
+                      for name, v in ds.splits.items()}  # a streamed folder decodes its files at the new size instead
             ds = dataclasses.replace(ds, splits=splits, load_options={**ds.load_options, "image_size": size})
         load_seconds = loaded_in + time.perf_counter() - t0
     ds.load_seconds = load_seconds  # type: ignore[attr-defined]  # counted in the time budget

@@ -187,6 +187,10 @@ class StreamSplit(Split):
     def paths(self) -> PathList:  # type: ignore[override]
         return PathList(self.x.paths)
 
+    def resized(self, size: int) -> "StreamSplit":
+        """The same files decoded at size x size (what loading the folder with image_size=size gives)."""
+        return StreamSplit(LazyImages(self.x.paths, (size, size), self.x.channels), self.y, self.bad, self.workers)
+
     def subset(self, idx: np.ndarray) -> "StreamSplit":
         idx = np.asarray(idx)
         return StreamSplit(LazyImages(self.x.paths[idx], self.x.size, self.x.channels), self.y[idx], self.bad, self.workers)
