@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -98,7 +99,8 @@ def test_full_recipe_run_writes_best_and_last(cli, data, tmp_path):
 
 def test_patience_stops_early(cli, data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    monkeypatch.setattr(trainer, "evaluate_arrays", lambda *a, **k: {"loss": 1.0, "accuracy": 0.5, "n": 1, "logits": torch.zeros(40, 1)})
+    monkeypatch.setattr(trainer, "evaluate_on_split", lambda *a, **k: {"loss": 1.0, "accuracy": 0.5, "n": 1, "logits": torch.zeros(40, 1),
+                                                                       "index": np.arange(40)})
     r = cli("train", "--data", data, *TINY, "--epochs", "10", "--patience", "2", "--out", run)
     assert r.code == 0, r
     info = json.loads((run / "run.json").read_text())

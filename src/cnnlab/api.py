@@ -29,11 +29,15 @@ from cnnlab.engine.trainer import TrainResult, fit
 from cnnlab.errors import CnnlabError, DataError, ModelError
 from cnnlab.insight.report import write_run_report
 
-DATA_KEYS = ("image_size", "image_shape", "channels", "classes", "val_split", "seed", "max_bad_fraction")
+DATA_KEYS = ("image_size", "image_shape", "channels", "classes", "val_split", "seed", "max_bad_fraction", "stream", "workers")
 
 
 def load_dataset(spec: str | Path, **options: Any) -> Dataset:
-    """Load a dataset (folder, seed CSV folder, .npz or builtin:NAME); see cnnlab.data.sources."""
+    """Load a dataset (folder, seed CSV folder, .npz or builtin:NAME); see cnnlab.data.sources.
+
+    Image folders take `stream=True|False|None` (None: stream from disk when too big for memory) and
+    `workers=N` (decoding processes when streaming).
+    """
     t0 = time.perf_counter()
     ds = _load_dataset(spec, **options)
     ds.load_seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
@@ -120,6 +124,7 @@ def auto_plan(cfg: TrainConfig):
 def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool, load: bool = True):
     """model = 'auto': choose model, image size and augmentation (engine/auto.py), then load the data at that size."""
     from cnnlab.data.sources import image_folder_counts, resize_images
+    from cnnlab.data.stream import StreamSplit
     from cnnlab.engine import auto
 
     folder = image_folder_counts(cfg.data) if ds is None and cfg.image_size is None else None
@@ -139,7 +144,8 @@ def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool, load: bool =
         plan = auto.plan(cfg, len(ds.train), (h, w), ds.num_classes, c)
         size = plan.cfg.image_size
         if size is not None and (h, w) != (size, size):
-            splits = {name: Split(resize_images(v.x, size), v.y, v.paths) for name, v in ds.splits.items()}
+            splits = {name: v.resized(size) if isinstance(v, StreamSplit) else Split(resize_images(v.x, size), v.y, v.paths)
+                      for name, v in ds.splits.items()}  # a streamed folder decodes its files at the new size instead
             ds = dataclasses.replace(ds, splits=splits, load_options={**ds.load_options, "image_size": size})
         load_seconds = loaded_in + time.perf_counter() - t0
     ds.load_seconds = load_seconds  # type: ignore[attr-defined]  # counted in the time budget

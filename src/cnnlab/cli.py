@@ -66,6 +66,10 @@ def _add_data_options(p: argparse.ArgumentParser, defaults: bool = False) -> Non
     g.add_argument("--classes", type=_names, metavar="A,B,...", default=d(None), help="class names for numeric labels")
     g.add_argument("--val-split", type=float, metavar="F", default=d(None), help="fraction of train held out for validation (default 0.1)")
     g.add_argument("--max-bad-fraction", type=float, metavar="F", default=d(None), help="skip unreadable images up to this fraction (default 0.01)")
+    g.add_argument("--stream", action=argparse.BooleanOptionalAction, default=d(None),
+                   help="image folders: decode batches from disk in worker processes instead of loading all images into memory"
+                        " (default: stream when the decoded images would exceed a quarter of available memory)")
+    g.add_argument("--workers", type=int, metavar="N", default=d(None), help="decoding processes when streaming (default: cores - 1, 1 to 4; 0 = none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,7 +256,7 @@ def _check_gpus_for(nproc: int, device: str) -> None:
 
 
 def _data_options(args: argparse.Namespace) -> dict:
-    keys = ("image_size", "image_shape", "channels", "classes", "val_split", "max_bad_fraction")
+    keys = ("image_size", "image_shape", "channels", "classes", "val_split", "max_bad_fraction", "stream", "workers")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
@@ -394,6 +398,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         raise ConfigError("`cnnlab data` needs an action (e.g. convert) — see `cnnlab data --help`")
     opts = _data_options(args)
     opts.setdefault("val_split", 0.0)  # keep the source's splits as they are
+    opts.setdefault("stream", False)  # conversion writes every image anyway
     ds = api.load_dataset(args.src, **opts)
     written = convert(ds, args.out, to=args.to, overwrite=args.overwrite)
     print(f"wrote {args.to} dataset to {args.out}: " + ", ".join(f"{k} {v} images" for k, v in written.items()))

@@ -67,6 +67,8 @@ class TrainConfig:
     device: str = "auto"
     deterministic: bool = False
     max_bad_fraction: float = 0.01  # unreadable images skipped up to this fraction, then an error
+    stream: bool | None = None  # image folders: decode batches from disk (True), into memory (False); None: stream when too big for memory
+    workers: int | None = None  # decoding processes when streaming; None: one per core but one, 1-4 (0: in the training process)
 
     def validate(self) -> "TrainConfig":
         if not self.data:
@@ -86,6 +88,7 @@ class TrainConfig:
                self.time_budget, "seconds > 0, e.g. 600")
         _check(0 <= self.val_split < 1, "val_split", self.val_split, "a fraction in [0, 1), e.g. 0.1")
         _check(0 <= self.max_bad_fraction <= 1, "max_bad_fraction", self.max_bad_fraction, "a fraction in [0, 1]")
+        _check(self.workers is None or self.workers >= 0, "workers", self.workers, "a number of decoding processes >= 0")
         _check(self.image_size is None or self.image_size >= 8, "image_size", self.image_size, "a size in pixels >= 8")
         _check(self.channels in (None, 1, 3), "channels", self.channels, "1 (grey) or 3 (RGB)")
         _check(self.precision in PRECISIONS, "precision", self.precision, "one of " + ", ".join(PRECISIONS))

@@ -1,6 +1,7 @@
 """The in-memory dataset: every split is one uint8 (N, H, W, C) array plus int64 labels.
 
-Images stay uint8 (4x smaller than float32) and are normalised per batch on the fly.
+Images stay uint8 (4x smaller than float32) and are normalised per batch on the fly. Image folders too
+large for memory use `cnnlab.data.stream.StreamSplit` instead, whose `x` decodes files on access.
 """
 
 from __future__ import annotations
@@ -73,4 +74,12 @@ class Dataset:
             "splits": {k: len(v) for k, v in self.splits.items()},
             "class_counts": {k: self.class_counts(k) for k in self.splits},
             "bad_files": len(self.bad_files),
+            "stream": self.streamed,
         }
+
+    @property
+    def streamed(self) -> bool:
+        """True when the splits keep file paths and decode from disk (cnnlab.data.stream) instead of holding pixels."""
+        from cnnlab.data.stream import StreamSplit  # noqa: PLC0415  (stream.py builds on this module)
+
+        return any(isinstance(s, StreamSplit) for s in self.splits.values())

@@ -36,6 +36,7 @@ __all__ = [
     "open_image",
     "load_image",
     "load_images",
+    "check_image_header",
     "is_image_file",
     "filter_image_files",
 ]
@@ -302,6 +303,15 @@ def open_image(path, *, channels: int = 3, max_pixels: int = MAX_IMAGE_PIXELS) -
         return out
     finally:
         im.close()
+
+
+def check_image_header(path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Raise `ImageReadError` unless `path` opens as an image within `max_pixels`, reading the header only.
+
+    Catches what `open_image` rejects before decoding (missing, empty, not an image, corrupt header,
+    decompression bomb) at a fraction of its cost; truncated or corrupt pixel data shows only on decoding.
+    """
+    _open_checked(path, max_pixels).close()
 
 
 def load_image(

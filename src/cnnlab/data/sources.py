@@ -4,6 +4,9 @@ SPEC is a folder of class subfolders (optionally train/ val/ test/ inside), a fo
 `input.csv` + `labels.csv` [+ `input_test.csv` + `labels_test.csv`], an `.npz` with `x` and `y`
 [+ `x_test`, `y_test`, `class_names`], or `builtin:shapes` / `builtin:digits` with options
 (`builtin:shapes?n=2000&size=64&classes=4`).
+
+Image folders can also stream from disk instead (`stream=True`, or automatically when the decoded images
+would not fit comfortably in memory; see cnnlab.data.stream): the splits then hold paths and labels only.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 
 from cnnlab.data import builtin, images
 from cnnlab.data.dataset import Dataset, Split
+from cnnlab.data.stream import BadFiles, scan_headers, should_stream, stream_split
 from cnnlab.errors import DataError
 
 SPLIT_DIRS = ("train", "val", "test")
@@ -34,12 +38,22 @@ def load_dataset(
     val_split: float = 0.1,
     seed: int = 0,
     max_bad_fraction: float = 0.01,
+    stream: bool | None = None,
+    workers: int | None = None,
 ) -> Dataset:
-    """Load any supported dataset into memory and make sure it has train (+ val when asked) splits."""
+    """Load any supported dataset and make sure it has train (+ val when asked) splits.
+
+    stream: image folders only — True keeps paths and decodes batches from disk in `workers` processes
+    (None: cnnlab.data.stream.default_workers()), False decodes everything into memory, None (default)
+    streams when the decoded images would exceed cnnlab.data.stream.STREAM_MEMORY_FRACTION of available memory.
+    """
     spec = str(spec)
     if isinstance(classes, str):
         classes = [c.strip() for c in classes.split(",") if c.strip()]
+    if workers is not None and workers < 0:
+        raise DataError(f"workers = {workers} is invalid — expected a number of decoding processes >= 0 (0: decode in the training process)")
     if spec.startswith("builtin:"):
+        _no_stream(spec, "a built-in dataset", stream)
         ds = _load_builtin(spec)
     else:
         path = Path(spec).expanduser()
@@ -48,11 +62,13 @@ def load_dataset(
         if path.is_file() and path.name == "input.csv":
             path = path.parent
         if path.is_file() and path.suffix.lower() == ".npz":
+            _no_stream(spec, "an .npz file", stream)
             ds = _load_npz(path, classes)
         elif path.is_dir() and (path / "input.csv").is_file():
+            _no_stream(spec, "a seed CSV folder", stream)
             ds = _load_seed_csv(path, image_shape, classes)
         elif path.is_dir():
-            ds = _load_image_folder(path, image_size or DEFAULT_FOLDER_SIZE, channels or 3, max_bad_fraction)
+            ds = _load_image_folder(path, image_size or DEFAULT_FOLDER_SIZE, channels or 3, max_bad_fraction, stream, workers)
         else:
             raise DataError(
                 f"{spec}: not a dataset — expected a folder of class subfolders, a folder with input.csv + labels.csv, or an .npz file"
@@ -67,9 +83,14 @@ def load_dataset(
     ds.load_options = {
         "image_size": image_size, "image_shape": list(image_shape) if image_shape is not None else None,
         "channels": channels, "classes": list(classes) if classes is not None else None,
-        "val_split": val_split, "seed": seed, "max_bad_fraction": max_bad_fraction,
+        "val_split": val_split, "seed": seed, "max_bad_fraction": max_bad_fraction, "stream": stream, "workers": workers,
     }
     return ds
+
+
+def _no_stream(spec: str, what: str, stream: bool | None) -> None:
+    if stream:
+        raise DataError(f"{spec}: is {what}, which loads into memory — --stream reads image folders from disk; drop --stream")
 
 
 # ---------------------------------------------------------------- array helpers
@@ -257,7 +278,8 @@ def _scan_class_folders(root: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: float) -> Dataset:
+def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: float, stream: bool | None = False,
+                       workers: int | None = None) -> Dataset:
     split_roots = {s: root / s for s in SPLIT_DIRS if (root / s).is_dir()}
     if split_roots and "train" not in split_roots:
         raise DataError(f"{root}: has {', '.join(split_roots)}/ but no train/ — add train/<class>/ folders")
@@ -275,11 +297,17 @@ def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: f
             if name not in class_names:
                 raise DataError(f"{split_roots[split] / name}: class {name!r} is not in train/ — classes: {', '.join(class_names)}")
     splits, bad = {}, []
-    total = 0
+    total = sum(len(files) for found in scanned.values() for files in found.values())
+    streamed = should_stream(total, (size, size, channels), stream)
+    bad_log = BadFiles(bad, total, max_bad_fraction)  # shares the `bad` list, which becomes Dataset.bad_files
     for split, found in scanned.items():
         paths = [p for name in class_names for p in found.get(name, [])]
         labels = np.array([i for i, name in enumerate(class_names) for _ in found.get(name, [])], dtype=np.int64)
-        total += len(paths)
+        if streamed:  # headers only now; pixels are decoded batch by batch while training
+            ok, bad_here = scan_headers(paths)
+            bad.extend(bad_here)
+            splits[split] = stream_split([paths[i] for i in ok], labels[np.asarray(ok, dtype=np.int64)], (size, size), channels, bad_log, workers)
+            continue
         x, ok, bad_here = images.load_images(paths, (size, size), channels=channels)
         bad.extend(bad_here)
         ok = np.asarray(ok, dtype=np.int64)

@@ -61,14 +61,19 @@ def predict_logits(
 
     tta: test-time augmentation — average the logits of each image and its horizontal mirror.
     """
+    xt = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    return _logits(model, (xt[i : i + batch_size] for i in range(0, len(xt), batch_size)), norm, device, precision, tta)
+
+
+def _logits(model: nn.Module, batches, norm: dict, device: torch.device, precision: str, tta: bool) -> torch.Tensor:
+    """Concatenated eval-mode logits of uint8 NHWC batches."""
     was_training = model.training
     model.eval()
-    xt = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
     outs = []
     try:
-        for i in range(0, len(xt), batch_size):
+        for xb_u8 in batches:
             with autocast(device, precision):
-                xb = to_input(xt[i : i + batch_size], norm, device)
+                xb = to_input(xb_u8, norm, device)
                 out = model(xb).float()
                 if tta:
                     out = (out + model(xb.flip(3)).float()) / 2
@@ -82,12 +87,40 @@ def predict_logits(
 
 def evaluate_arrays(model, x, y, norm, device, precision="fp32", batch_size=256, tta: bool = False) -> dict:
     """Loss and accuracy over a whole split (loss averaged over images); tta as in predict_logits."""
-    return metrics_from_logits(predict_logits(model, x, norm, device, precision, batch_size, tta=tta), y)
+    logits = predict_logits(model, x, norm, device, precision, batch_size, tta=tta)
+    return metrics_from_logits(logits, y)
 
 
 def metrics_from_logits(logits: torch.Tensor, y) -> dict:
     """Loss (averaged over images) and accuracy of a split's logits (also used on logits gathered from ranks)."""
-    yt = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    return _score(logits, torch.as_tensor(np.asarray(y), dtype=torch.long))
+
+
+def _score(logits: torch.Tensor, yt: torch.Tensor) -> dict:
     loss = float(loss_fn(logits, yt)) if len(yt) else float("nan")
     acc = int((predicted_class(logits) == yt).sum()) / len(yt) if len(yt) else float("nan")
     return {"loss": loss, "accuracy": acc, "n": int(len(yt)), "logits": logits}
+
+
+@torch.inference_mode()
+def evaluate_on_split(model, split, norm, device, precision="fp32", batch_size=256, tta: bool = False) -> dict:
+    """evaluate_arrays for a Split held in memory or streamed from disk (worker processes decode its batches).
+
+    Adds "index": the positions in the split of the images scored (all of them unless streamed files failed
+    to decode; those are left out and recorded in the dataset's bad files).
+    """
+    from cnnlab.data.loader import BatchReader, is_streamed
+
+    if not is_streamed(split):
+        return {**evaluate_arrays(model, split.x, split.y, norm, device, precision, batch_size, tta=tta), "index": np.arange(len(split))}
+    ys, index = [], []
+
+    def images():
+        for b in BatchReader(split).batches(batch_size):
+            ys.append(b.y)
+            index.append(b.index)
+            yield b.x
+
+    logits = _logits(model, images(), norm, device, precision, tta)
+    ev = _score(logits, torch.cat(ys) if ys else torch.empty(0, dtype=torch.long))
+    return {**ev, "index": torch.cat(index).numpy() if index else np.zeros(0, dtype=np.int64)}

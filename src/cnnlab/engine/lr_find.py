@@ -17,6 +17,7 @@ import torch
 
 from cnnlab.config import TrainConfig
 from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_targets
+from cnnlab.data.loader import BatchReader
 from cnnlab.engine.device import autocast, resolve_device, resolve_precision
 from cnnlab.engine.inference import to_input
 from cnnlab.engine.trainer import build_optimizer, epoch_order, train_loss
@@ -35,20 +36,23 @@ def lr_range_test(model: torch.nn.Module, dataset, cfg: TrainConfig, start_lr: f
     augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args))
     h, w, c = dataset.image_shape
     norm = {"scale": 1 / 255, "mean": [0.0] * c, "std": [1.0] * c}
-    x_all, y_all = torch.from_numpy(np.ascontiguousarray(dataset.train.x)), torch.from_numpy(dataset.train.y)
-    n, bs, k = len(y_all), cfg.batch_size, dataset.num_classes
+    reader = BatchReader(dataset.train)  # streamed folders: worker processes decode the batches
+    n, bs, k = len(dataset.train), cfg.batch_size, dataset.num_classes
     model.to(device).train()
     optimizer = build_optimizer(model, cfg)
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
     lrs, losses, avg, best = [], [], 0.0, math.inf
     per_epoch = max(1, n // bs)
-    for i in range(steps):
-        epoch, step = i // per_epoch + 1, i % per_epoch
+
+    def batches():
+        for epoch in range(1, steps // per_epoch + 2):
+            yield from ((epoch, step, b) for step, b in enumerate(reader.batches(bs, epoch_order(n, cfg.seed, epoch), stop=per_epoch)))
+
+    for i, (epoch, step, batch) in zip(range(steps), batches()):
         lr = start_lr * gamma**i
         for g in optimizer.param_groups:
             g["lr"] = lr
-        idx = epoch_order(n, cfg.seed, epoch)[step * bs : (step + 1) * bs]
-        xb, yb = to_input(x_all[idx], norm, device), y_all[idx].to(device)
+        xb, yb = to_input(batch.x, norm, device), batch.y.to(device)
         y2, lam = None, 1.0
         if augmenter.enabled:
             xb, y2, lam = augmenter(xb, yb, batch_generator(cfg.seed, epoch, step))

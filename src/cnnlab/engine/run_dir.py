@@ -79,3 +79,15 @@ def read_run_json(run_dir: str | Path) -> dict:
 
 def is_writable(path: Path) -> bool:
     return os.access(path, os.W_OK)
+
+
+def write_bad_files(path: Path, bad: list[tuple[str, str]]) -> None:
+    """bad_files.txt: one `path<TAB>reason` line per skipped image; entries already in the file are kept (resume)."""
+    lines: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            p, _, r = line.partition("\t")
+            lines.setdefault(p, r)
+    for p, r in bad:
+        lines.setdefault(p, r)
+    write_text_atomic(path, "".join(f"{p}\t{r}\n" for p, r in lines.items()))

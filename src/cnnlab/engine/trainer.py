@@ -26,11 +26,12 @@ from cnnlab.config import TrainConfig
 from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_targets
 from cnnlab.data.dataset import Dataset
 from cnnlab.engine import distributed as ddp
+from cnnlab.data.loader import BatchReader, is_streamed, read_images
 from cnnlab.engine import run_dir as rd
 from cnnlab.engine.checkpoint import save_checkpoint
 from cnnlab.engine.device import autocast, cpu_description, resolve_device, resolve_precision
 from cnnlab.engine.ema import ModelEMA
-from cnnlab.engine.inference import evaluate_arrays, loss_fn, predicted_class, probabilities, to_input
+from cnnlab.engine.inference import evaluate_arrays, evaluate_on_split, loss_fn, predicted_class, probabilities, to_input
 from cnnlab.engine.model_file import model_metadata, save_model_file
 from cnnlab.engine.schedule import LrSchedule
 from cnnlab.errors import CnnlabError, ConfigError, TrainingError
@@ -191,7 +192,7 @@ def fit(
     norm = meta["normalization"]
     train, val = dataset.train, dataset.splits.get("val")
     has_val = val is not None and len(val) > 0
-    x_train = torch.from_numpy(np.ascontiguousarray(train.x))
+    reader = BatchReader(train)  # in memory: one uint8 tensor, indexed; streamed: worker processes decode batches ahead
     y_train = torch.from_numpy(train.y)
     n, bs, k = len(y_train), cfg.batch_size, dataset.num_classes
     steps = math.ceil(n / bs)
@@ -249,12 +250,21 @@ def fit(
             (run / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
             _write_samples(dataset, run / "samples.png", cfg.seed)
             if dataset.bad_files:
-                (run / "bad_files.txt").write_text("".join(f"{p}\t{r}\n" for p, r in dataset.bad_files), encoding="utf-8")
+                rd.write_bad_files(run / "bad_files.txt", dataset.bad_files)
     if main:
         rd.write_json(run / "run.json", run_info)
+    if reader.streamed:
+        progress.print(f"streaming {n:,} training images from disk, {reader.workers} decoding worker process(es)")
 
     def eval_model() -> nn.Module:
         return ema.module if ema is not None else model
+
+    def score_split(m: nn.Module, split, tta: bool = False) -> dict:
+        """Metrics (+ "index") of a split; distributed in-memory splits are sharded over the ranks and gathered."""
+        if dist_ctx.distributed and not is_streamed(split):
+            ev = dist_ctx.evaluate(evaluate_arrays, m, split.x, split.y, norm, device, precision, tta=tta)
+            return {**ev, "index": np.arange(len(split))}
+        return evaluate_on_split(m, split, norm, device, precision, tta=tta)
 
     def checkpoint(epoch: int, step: int, partial_stats: dict | None) -> None:
         rng_states = dist_ctx.rng_states()  # a collective: every rank calls checkpoint, rank 0 writes
@@ -312,6 +322,7 @@ def fit(
             order = epoch_order(n, cfg.seed, epoch)
             stats = stats or {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
             progress.start_epoch(epoch, planned_epochs, steps, step)
+            batches = reader.batches(bs, order, start=step)
             t_first = None
             for step in range(step, steps):
                 stop = dist_ctx.stop_reason(stop_requested)  # distributed: a signal on any rank stops every rank here
@@ -320,10 +331,16 @@ def fit(
                     raise Interrupted(stop)
                 for group in optimizer.param_groups:  # the schedule is a pure function of the global step
                     group["lr"] = cfg.lr * schedule.factor((epoch - 1) * steps + step)
-                idx = order[step * bs : (step + 1) * bs]
-                n_global, idx = len(idx), dist_ctx.shard(idx)  # this rank's share of the global batch
-                xb = to_input(x_train[idx], norm, device)
-                yb = y_train[idx].to(device, non_blocking=True)
+                xb, yb, _ = next(batches)
+                if not len(yb):
+                    continue  # every file of this batch failed to decode (streamed data; recorded in bad_files; same on every rank)
+                n_global = len(yb)
+                share = dist_ctx.shard(torch.arange(n_global))  # this rank's share of the global batch
+                if dist_ctx.distributed:
+                    xb, yb = xb[share], yb[share]
+                idx = share
+                xb = to_input(xb, norm, device)
+                yb = yb.to(device, non_blocking=True)
                 y2, lam = None, 1.0
                 if augmenter.enabled and len(idx):  # (a rank's share of a short last batch can be empty)
                     xb, y2, lam = augmenter(xb, yb, dist_ctx.rank_generator(batch_generator(cfg.seed, epoch, step)))
@@ -373,7 +390,7 @@ def fit(
             row = {"epoch": epoch, "train_loss": stats["loss_sum"] / stats["seen"], "train_accuracy": stats["correct"] / stats["seen"],
                    "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"]}
             if has_val:
-                ev = dist_ctx.evaluate(evaluate_arrays, eval_model(), val.x, val.y, norm, device, precision)
+                ev = score_split(eval_model(), val)
                 row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
                 reserve[0] = dist_ctx.broadcast_number(2.0 + (time.perf_counter() - t_val) / len(val) * n_test * test_passes)
             row["seconds"] = dist_ctx.broadcast_number(stats["seconds"] + (time.perf_counter() - t_val))  # time-budget plans agree
@@ -382,6 +399,8 @@ def fit(
             progress.end_epoch(row, planned_epochs)
             if main:
                 rd.write_metrics_csv(run / "metrics.csv", history)
+                if dataset.bad_files:  # streamed files that failed to decode this epoch join the list
+                    rd.write_bad_files(run / "bad_files.txt", dataset.bad_files)
             schedule.epoch_end(row["val_loss"])
             if has_val and row["val_accuracy"] > best["accuracy"]:  # kept in memory and last.ckpt; written at the end
                 best = {"accuracy": row["val_accuracy"], "epoch": epoch}
@@ -448,15 +467,15 @@ def fit(
         test = None
         if "test" in dataset.splits and len(dataset.splits["test"]):
             ts = dataset.splits["test"]
-            ev = dist_ctx.evaluate(evaluate_arrays, model, ts.x, ts.y, norm, device, precision, tta=bool(cfg.tta))
+            ev = score_split(model, ts, tta=bool(cfg.tta))
             test = {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": "test", "tta": bool(cfg.tta)}
             if main:
-                _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
+                _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed, ev["index"])
             progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images{', flip TTA' if cfg.tta else ''})")
         elif has_val:
-            ev = dist_ctx.evaluate(evaluate_arrays, model, val.x, val.y, norm, device, precision)
+            ev = score_split(model, val)
             if main:
-                _write_predictions(val, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed)
+                _write_predictions(val, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed, ev["index"])
         eval_seconds = time.perf_counter() - t_eval
         dist_ctx.close()  # no collectives from here on: other ranks are done, rank 0 writes the run folder
         if not main:
@@ -480,6 +499,7 @@ def fit(
             "test": test,
             "best": best if has_val else None,
             "stopped": stop_reason,
+            "dataset": dataset.summary(),
         })
         rd.write_json(run / "run.json", run_info)
     finally:
@@ -493,12 +513,15 @@ def fit(
 def _write_samples(dataset: Dataset, path: Path, seed: int, n: int = 16) -> None:
     tr = dataset.train
     idx = np.random.default_rng(seed).choice(len(tr), size=min(n, len(tr)), replace=False)
-    plots.save_grid(tr.x[idx], [dataset.class_names[i] for i in tr.y[idx]], path, suptitle="training samples")
+    x, y = read_images(tr, idx)
+    plots.save_grid(x, [dataset.class_names[i] for i in y], path, suptitle="training samples")
 
 
-def _write_predictions(split, logits: torch.Tensor, names: list[str], path: Path, seed: int, n: int = 16) -> None:
-    idx = np.random.default_rng(seed).choice(len(split), size=min(n, len(split)), replace=False)
+def _write_predictions(split, logits: torch.Tensor, names: list[str], path: Path, seed: int, index: np.ndarray, n: int = 16) -> None:
+    """`index`: the split positions of the rows of `logits` (streamed files that failed to decode have none)."""
+    idx = np.random.default_rng(seed).choice(len(logits), size=min(n, len(logits)), replace=False)
     probs = probabilities(logits[idx])
     pred = probs.argmax(1).numpy()
-    titles, colours = plots.prediction_titles(pred, probs.max(1).values.numpy(), split.y[idx], names)
-    plots.save_grid(split.x[idx], titles, path, colours, suptitle="predictions (red: wrong)")
+    x, y = read_images(split, index[idx])
+    titles, colours = plots.prediction_titles(pred, probs.max(1).values.numpy(), y, names)
+    plots.save_grid(x, titles, path, colours, suptitle="predictions (red: wrong)")

@@ -7,14 +7,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnlab.engine.inference import evaluate_arrays, probabilities
+from cnnlab.engine.inference import evaluate_on_split, probabilities
 from cnnlab.insight import metrics as M
 
 
 def evaluate_split(clf, ds, split: str, batch_size: int = 256, plots: str | Path | None = None, tta: bool = False) -> dict:
     """Loss, accuracy, n, split plus classification_report, top_losses and (with `plots`) figure paths."""
+    return evaluate_split_with_images(clf, ds, split, batch_size, plots, tta)[0]
+
+
+def evaluate_split_with_images(clf, ds, split: str, batch_size: int = 256, plots: str | Path | None = None, tta: bool = False):
+    """(evaluate_split's result, the split of the images it scored): "index" in top_losses points into that split."""
     s = ds.split(split)
-    ev = evaluate_arrays(clf.model, s.x, s.y, clf.meta["normalization"], clf.device, "fp32", batch_size, tta=tta)
+    ev = evaluate_on_split(clf.model, s, clf.meta["normalization"], clf.device, "fp32", batch_size, tta=tta)
+    if len(ev["index"]) < len(s):  # streamed files that failed to decode are not scored: keep the rest aligned
+        s = s.subset(ev["index"])
     names = clf.class_names
     y = np.asarray(s.y, dtype=np.int64)
     logits = ev["logits"] if len(y) else torch.empty(0, 1 if len(names) == 2 else len(names))
@@ -30,4 +37,4 @@ def evaluate_split(clf, ds, split: str, batch_size: int = 256, plots: str | Path
         from cnnlab.insight.figures import write_evaluation_plots
 
         result["plots"] = write_evaluation_plots(plots, s.x, y, probs, report, names)
-    return result
+    return result, s

@@ -145,11 +145,11 @@ def _maybe_float(v):
 
 def _section_evaluation(clf, ds, tmp: Path) -> str:
     from cnnlab.insight import figures
-    from cnnlab.insight.evaluation import evaluate_split
+    from cnnlab.insight.evaluation import evaluate_split_with_images
     from cnnlab.insight.gradcam import explain_image
 
     split = ds.default_eval_split()
-    res = evaluate_split(clf, ds, split)
+    res, s = evaluate_split_with_images(clf, ds, split)  # s: the images scored (streamed files that fail to decode are not)
     out = [f"<h2>Evaluation ({html.escape(split)}, {res['n']} images)</h2>",
            _table(["metric", "value"], [["loss", _fmt(res["loss"])], ["accuracy", _fmt(res["accuracy"])], ["ROC-AUC", _fmt(res["roc_auc"])],
                                         ["ECE", _fmt(res["calibration"]["ece"])]]
@@ -159,7 +159,6 @@ def _section_evaluation(clf, ds, tmp: Path) -> str:
                   + [[n.replace("_", " "), _fmt(res[n]["precision"]), _fmt(res[n]["recall"]), _fmt(res[n]["f1"]), res["n"]]
                      for n in ("macro_avg", "weighted_avg")])]
     out.append(_img(figures.save_confusion_matrix(res, tmp / "cm.png"), "confusion matrix"))
-    s = ds.split(split)
     if res["top_losses"]:
         out.append("<h2>Top losses</h2>" + _img(figures.save_top_losses(s.x, res["top_losses"][:TOP_LOSSES], tmp / "tl.png"), "top losses"))
     if res["n"]:

@@ -24,7 +24,7 @@ from cnnlab.config import TrainConfig, _HINTS, config_from_dict, load_config_fil
 from cnnlab.errors import ConfigError
 
 # Loaded once per tune process (or where the tune command runs), so not tunable per trial.
-FIXED_ONLY = ("data", "image_size", "image_shape", "channels", "classes", "val_split", "seed", "max_bad_fraction",
+FIXED_ONLY = ("data", "image_size", "image_shape", "channels", "classes", "val_split", "seed", "max_bad_fraction", "stream", "workers",
               "device", "model_args", "aug_args")
 TUNABLE = tuple(k for k in _HINTS if k not in FIXED_ONLY)
 
