@@ -143,8 +143,9 @@ class _PoolReLU(torch.autograd.Function):
 
 
 def _tracing() -> bool:
+    """Tracing, export, or a TorchFunctionMode watching the ops (insight.summary): they see torch's own ops."""
     return (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export())
+            or torch.onnx.is_in_onnx_export() or torch._C._is_torch_function_mode_enabled())
 
 
 def can_fuse(x: torch.Tensor) -> bool:
