@@ -26,8 +26,8 @@ def fake_speed(at_64: float):
 def test_size_is_the_largest_that_fits_min_epochs(monkeypatch):
     monkeypatch.setattr(auto, "images_per_second", fake_speed(400.0))
     cfg = TrainConfig(data="x", time_budget=600)
-    # 1440 images, 600 s: epochs(s) = 600 * 400 * (64/s)^2 / (1.15 * 1440) -> 96: 64.4 (< 70), 80: 92.7
-    assert auto.MIN_EPOCHS == 70
+    # 1440 images, 600 s: epochs(s) = 600 * 400 * (64/s)^2 / (1.15 * 1440) -> 96: 64.4 (< 80), 80: 92.7
+    assert auto.MIN_EPOCHS == 80
     p = auto.plan(cfg, 1440, None, 2, 3)
     assert (p.cfg.model, p.cfg.image_size, p.cfg.augment) == ("resnet9", 80, "standard")
     assert "80 px" in p.note and "~93 epochs" in p.note
@@ -43,7 +43,7 @@ def test_fixed_size_data_keeps_its_size_unless_too_slow(monkeypatch):
     cfg = TrainConfig(data="x", time_budget=600)
     keep = auto.plan(cfg, 1000, (100, 100), 2, 3)
     assert keep.cfg.image_size is None and keep.cfg.augment == "standard" and "100 px" in keep.note
-    # 20000 images of 100 px: ~4 epochs at 100 px -> scaled down; no size gives 70 epochs, so the smallest
+    # 20000 images of 100 px: ~4 epochs at 100 px -> scaled down; no size gives 80 epochs, so the smallest
     down = auto.plan(cfg, 20000, (100, 100), 2, 3)
     # epochs(s) = 600 * 400 * (64/s)^2 / (1.15 * 20000): 48 -> 18.6, 32 -> 41.7
     assert down.cfg.image_size == 32 and "scaled down from 100 px" in down.note
