@@ -23,6 +23,7 @@ max_bad_fraction. Reading such a file directly (`x[i]`, e.g. `cnnlab show`) rais
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -200,15 +201,42 @@ class StreamSplit(Split):
 
 
 def scan_headers(paths: list[Path]) -> tuple[list[int], list[tuple[str, str]]]:
-    """Positions of the files whose header opens, and (path, reason) for the others; no pixel data is decoded."""
+    """Positions of the files whose header opens, and (path, reason) for the others; no pixel data is decoded.
+
+    Before checking file i, the kernel is asked to read the start of file i + SCAN_LOOKAHEAD in the background
+    (posix_fadvise WILLNEED), so on a cold page cache the disk serves many reads at once.
+    """
     ok, bad = [], []
+    for i in range(min(SCAN_LOOKAHEAD, len(paths))):
+        _read_ahead(paths[i])
     for i, p in enumerate(paths):
+        if i + SCAN_LOOKAHEAD < len(paths):
+            _read_ahead(paths[i + SCAN_LOOKAHEAD])
         try:
             images.check_image_header(p)
             ok.append(i)
         except images.ImageReadError as e:
             bad.append((str(p), e.reason))
     return ok, bad
+
+
+SCAN_LOOKAHEAD = 256  # files asked for ahead of the header check
+SCAN_HEAD_BYTES = 65536  # enough for the header of nearly every image (EXIF and ICC blocks included)
+
+
+def _read_ahead(path: Path) -> None:
+    """Ask the kernel to start reading the head of a regular file; problems are the header check's to report."""
+    if not hasattr(os, "posix_fadvise"):
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO named x.jpg must not block here
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.posix_fadvise(fd, 0, SCAN_HEAD_BYTES, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        pass
 
 
 def stream_split(paths: list[Path], labels: np.ndarray, size: tuple[int, int], channels: int, bad: BadFiles,
