@@ -79,11 +79,13 @@ class BatchReader:
             # slower per epoch with 2 threads + 1 worker on 2 cores). Deterministic runs keep their thread count, as
             # it can change the order of floating-point reductions (bit-identical to the in-memory run).
             torch.set_num_threads(max(1, min(threads, available_cores() - workers)))
+        _trim_heap()  # the workers fork now: from a process holding no freed-but-kept memory for them to copy
         it = iter(loader)
 
         def release() -> None:  # idempotent
             _shutdown(it)
             torch.set_num_threads(threads)
+            _trim_heap()
 
         try:
             for k, (x, y, index, bad) in enumerate(it):
@@ -121,6 +123,31 @@ class _DecodeBatches(torch.utils.data.Dataset):
         x, ok, bad = decode_files([os.fsdecode(self.paths[i]) for i in idx], self.size, self.channels)
         kept = idx[np.asarray(ok, dtype=np.int64)]
         return torch.from_numpy(x), torch.from_numpy(self.y[kept]), torch.from_numpy(kept), bad
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc malloc_trim; elsewhere nothing).
+
+    cnnlab keeps freed activations in the process for speed (engine.device.tune_cpu_allocator: no mmap for
+    large blocks, trim only above 512 MB). A streamed pass is where that costs most: measured on 50,000 images,
+    the training process kept up to 1.6 GB after the evaluation passes and a worker forked from it copied up
+    to 0.8 GB of it (peak 2.3 GB for both; 0.8 GB with the allocator left alone, but epochs 1.45x slower).
+    Trimming before the workers fork and after each pass: peak 1.0 GB at the tuned speed.
+    """
+    global _libc
+    if _libc is None:
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL(None)
+            _libc = lib if hasattr(lib, "malloc_trim") and hasattr(lib, "gnu_get_libc_version") else False
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc = None
 
 
 def _shutdown(it) -> None:
