@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aug", choices=("auto", "none", "light", "standard", "strong"), default=S, dest="augment", help="augmentation preset")
     p.add_argument("--aug-arg", type=_key_value, action="append", default=S, metavar="OP=VALUE", dest="aug_args", help="per-op override, e.g. rotate=15 or mixup=0.2")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=S, help="flip TTA for the final test score (default on except seed_cnn)")
+    p.add_argument("--test-scale", type=float, default=S, metavar="F", help="enlarge inputs F times in eval mode (global-pool models; default: matched to --aug's random crops, 1 = off)")
     p.add_argument("--seed", type=int, default=S)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=S)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=S)

@@ -57,6 +57,7 @@ class TrainConfig:
     augment: str = "auto"  # none | light | standard | strong; auto: none for seed_cnn, light otherwise
     aug_args: dict[str, Any] = field(default_factory=dict)  # per-op overrides, e.g. {rotate: 15, mixup: 0.2}
     tta: bool | None = None  # flip test-time augmentation for the final test score; None: on except seed_cnn
+    test_scale: float | None = None  # eval-time input enlargement (models/layers.test_resize); None: from the crop augmentation; 1: off
     image_size: int | None = None  # resize images to N x N (None: keep the dataset's size; folders: 100)
     image_shape: list[int] | None = None  # H, W, C for seed CSV rows (None: infer a square shape)
     channels: int | None = None  # 3 (RGB) or 1 (grey) for image folders (None: 3)
@@ -81,6 +82,7 @@ class TrainConfig:
         _check(self.augment in AUGMENTS, "augment", self.augment, "one of " + ", ".join(AUGMENTS))
         _check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
         _check(self.label_smoothing is None or 0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing, "a fraction in [0, 1)")
+        _check(self.test_scale is None or not isinstance(self.test_scale, bool) and 1 <= self.test_scale <= 4, "test_scale", self.test_scale, "a number from 1 (off) to 4")
         _check(0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1) such as 0.999")
         _check(self.grad_clip >= 0 and math.isfinite(self.grad_clip), "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
         _check(self.patience >= 0, "patience", self.patience, "a whole number >= 0 (0 = off)")

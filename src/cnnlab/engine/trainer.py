@@ -23,7 +23,8 @@ import torch.nn.functional as F
 
 from cnnlab import __version__
 from cnnlab.config import TrainConfig
-from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_targets
+from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_targets, matched_test_scale
+from cnnlab.models._registry import set_test_scale
 from cnnlab.data.dataset import Dataset
 from cnnlab.engine import distributed as ddp
 from cnnlab.data.loader import BatchReader, is_streamed, read_images
@@ -188,6 +189,9 @@ def fit(
     progress = _Progress(quiet or not main)
 
     h, w, c = dataset.image_shape
+    if cfg.test_scale is None:  # FixRes: match the crop augmentation's magnification, for global-pool models
+        cfg.test_scale = matched_test_scale(augmenter.ops, min(h, w)) if hasattr(model, "test_scale") else 1.0
+    set_test_scale(model, cfg.test_scale)
     meta = model_metadata(model, dataset.class_names, (c, h, w), dataset=dataset.spec)
     norm = meta["normalization"]
     train, val = dataset.train, dataset.splits.get("val")

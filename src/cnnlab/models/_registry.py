@@ -52,6 +52,23 @@ def get_model_entry(name: str) -> ModelEntry:
     return _MODELS[name]
 
 
+def set_test_scale(model: nn.Module, scale: Any) -> None:
+    """Set a model's eval-time input enlargement (1 = off); recorded in its arguments, so model files keep it."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1.0 <= scale <= 4.0:
+        raise ModelError(f"test_scale {scale!r} is invalid — expected a number from 1 (off) to 4")
+    if scale == 1.0:
+        getattr(model, "cnnlab_args", {}).pop("test_scale", None)
+        if hasattr(model, "test_scale"):
+            model.test_scale = 1.0
+        return
+    if not hasattr(model, "test_scale"):
+        raise ModelError(f"model {getattr(model, 'cnnlab_name', type(model).__name__)!r} has a fixed-size head — "
+                         "test_scale needs a global-pool model (every zoo model but seed_cnn)")
+    model.test_scale = float(scale)
+    if hasattr(model, "cnnlab_args"):
+        model.cnnlab_args["test_scale"] = float(scale)
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -59,11 +76,15 @@ def create_model(
     image_size: tuple[int, int] | int = (100, 100),
     **model_args: Any,
 ) -> nn.Module:
-    """Build a registered model; unknown arguments are errors that list the valid ones."""
+    """Build a registered model; unknown arguments are errors that list the valid ones.
+
+    `test_scale` (any global-pool model): in eval mode, enlarge inputs by this factor first (layers.test_resize).
+    """
     entry = get_model_entry(name)
+    test_scale = model_args.pop("test_scale", 1.0)
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    valid = entry.arg_names()
+    valid = entry.arg_names() + ["test_scale"]
     unknown = [k for k in model_args if k not in valid]
     if unknown:
         hint = ", ".join(valid) if valid else "none"
@@ -76,6 +97,7 @@ def create_model(
         raise ModelError(f"model {name!r} cannot be built with {model_args or 'default arguments'}: {e}") from None
     model.cnnlab_name = name
     model.cnnlab_args = dict(model_args)
+    set_test_scale(model, test_scale)
     # Inputs arrive in channels_last memory (NHWC bytes permuted to NCHW); conv weights in the same layout
     # let oneDNN skip reorders: measured ~2.6x faster bf16 training steps for seed_cnn on this CPU.
     return model.to(memory_format=torch.channels_last)

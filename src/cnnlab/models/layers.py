@@ -10,6 +10,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "relu6": nn.ReLU6}
 
@@ -45,6 +46,15 @@ def stem_stride(image_size: tuple[int, int], stem: str) -> int:
     return 1 if smallest < 64 else 2 if smallest < 128 else 4
 
 
+def test_resize(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """The eval-time enlargement of a global-pool net trained with random resized crops ("FixRes",
+    Touvron et al. 2019): random crops show objects larger in training than whole images show them at test,
+    so a net scores better when test images are enlarged by the mean crop magnification. Bicubic, to
+    floor(H * scale) x floor(W * scale) (scales are target/size ratios; the 1e-6 absorbs float error); ONNX
+    exports it as a Resize node."""
+    return F.interpolate(x, scale_factor=scale + 1e-6, mode="bicubic", align_corners=False, recompute_scale_factor=True)
+
+
 def scaled(width: int, factor: float) -> int:
     return max(8, int(math.ceil(width * factor / 8) * 8))
 
@@ -61,8 +71,11 @@ class ZooNet(nn.Module):
         self.fc = nn.Linear(features, head_outputs(num_classes))
         self.num_classes = num_classes
         self.num_features = features
+        self.test_scale = 1.0  # eval mode: inputs are enlarged by this factor first (set by create_model)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.test_scale != 1.0 and not self.training:
+            x = test_resize(x, self.test_scale)
         return self.stages(self.stem(x))
 
     def forward_head(self, f: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,107 @@
+"""Eval-time enlargement matched to random resized crops (`--test-scale`, models/layers.test_resize)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from cnnlab.data.augment import resolve_ops, matched_test_scale
+from cnnlab.engine.model_file import model_metadata, read_metadata, save_model_file
+from cnnlab.engine.predictor import Classifier
+from cnnlab.errors import ModelError
+from cnnlab.models import create_model, list_models
+from tests.conftest import write_image_folder
+
+GLOBAL_POOL = [m for m in list_models() if m not in ("seed_cnn", "layer_list")]
+
+
+def test_scale_matches_the_mean_crop_magnification():
+    """Independent check: Monte Carlo mean of 1/sqrt(s), s ~ U(crop_scale, 1), vs the closed form the rule uses."""
+    rng = np.random.default_rng(0)
+    for c in (0.3, 0.6, 0.9):
+        mc = float(np.mean(1 / np.sqrt(rng.uniform(c, 1.0, 2_000_000))))
+        for size in (32, 64, 96, 128, 224):
+            expected = round(size * mc / 4) * 4  # the nearest multiple of 4 px
+            got = matched_test_scale({"crop_scale": c}, size)
+            assert round(size * got) == expected, (c, size, got, mc)
+    assert matched_test_scale(resolve_ops("standard"), 96) == 108 / 96  # hand-computed: 96 * 1.127 = 108.2
+    assert matched_test_scale(resolve_ops("light"), 96) == 1.0  # no crops, no enlargement
+    assert matched_test_scale({"crop_scale": 0.99}, 32) == 1.0  # rounds back to the same size
+
+
+@pytest.mark.parametrize("name", GLOBAL_POOL)
+def test_eval_mode_equals_the_net_on_a_bicubic_enlarged_input(name):
+    torch.manual_seed(0)
+    model = create_model(name, 3, 3, (48, 40), test_scale=1.5).eval()
+    x = torch.rand(2, 3, 48, 40)
+    big = F.interpolate(x, size=(72, 60), mode="bicubic", align_corners=False)
+    plain = create_model(name, 3, 3, (48, 40)).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(big), rtol=1e-4, atol=1e-5)
+        assert model.forward_features(x).shape == plain.forward_features(big).shape != plain.forward_features(x).shape
+    model.train()
+    plain.train()
+    torch.manual_seed(1)
+    a = model(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(a, plain(x))  # training sees the images as they are
+
+
+def test_model_file_keeps_the_scale(tmp_path):
+    model = create_model("resnet9", 2, 3, (64, 64), test_scale=72 / 64).eval()
+    save_model_file(tmp_path / "m.safetensors", model, model_metadata(model, ["a", "b"], (3, 64, 64)))
+    assert read_metadata(tmp_path / "m.safetensors")["model_args"]["test_scale"] == 72 / 64
+    clf = Classifier.load(tmp_path / "m.safetensors")
+    assert clf.model.test_scale == 72 / 64
+    x = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    from cnnlab.engine.inference import predict_logits
+
+    ref = predict_logits(model, x, clf.meta["normalization"], torch.device("cpu"))
+    torch.testing.assert_close(predict_logits(clf.model, x, clf.meta["normalization"], torch.device("cpu")), ref)
+
+
+def test_onnx_export_includes_the_enlargement(tmp_path):
+    from cnnlab.export import export_onnx
+
+    model = create_model("resnet9", 2, 3, (64, 64), test_scale=72 / 64).eval()
+    save_model_file(tmp_path / "m.safetensors", model, model_metadata(model, ["a", "b"], (3, 64, 64)))
+    res = export_onnx(tmp_path / "m.safetensors")
+    assert res["max_abs_diff"] <= 1e-4
+
+
+def test_bad_scales_and_fixed_size_heads_are_errors():
+    with pytest.raises(ModelError, match="fixed-size head"):
+        create_model("seed_cnn", 2, 3, (100, 100), test_scale=1.2)
+    for bad in (0.5, 5.0, True, "big"):
+        with pytest.raises(ModelError, match="test_scale"):
+            create_model("resnet9", 2, 3, (64, 64), test_scale=bad)
+
+
+def test_train_records_the_auto_scale_and_cli_flag(cli, tmp_path):
+    data = write_image_folder(tmp_path / "imgs", n_per_class=12, size=40)
+    common = ["--model", "resnet9", "--image-size", "32", "--epochs", "1", "--batch-size", "16", "--quiet"]
+    r = cli("train", "--data", data, *common, "--aug", "standard", "--out", tmp_path / "auto")
+    assert r.code == 0, r
+    cfg = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    assert cfg["test_scale"] == 36 / 32  # 32 px * 1.127 -> 36 px
+    meta = read_metadata(tmp_path / "auto" / "model.safetensors")
+    assert meta["model_args"]["test_scale"] == 36 / 32
+    r = cli("train", "--data", data, *common, "--aug", "light", "--out", tmp_path / "light")
+    assert r.code == 0, r
+    assert yaml.safe_load((tmp_path / "light" / "config.yaml").read_text())["test_scale"] == 1.0
+    assert "test_scale" not in read_metadata(tmp_path / "light" / "model.safetensors")["model_args"]
+    r = cli("train", "--data", data, *common, "--test-scale", "1.5", "--out", tmp_path / "flag")
+    assert r.code == 0, r
+    assert json.loads(json.dumps(read_metadata(tmp_path / "flag" / "model.safetensors")["model_args"]))["test_scale"] == 1.5
+    r = cli("train", "--data", data, "--model", "seed_cnn", "--image-size", "32", "--epochs", "1", "--quiet",
+            "--test-scale", "1.2", "--out", tmp_path / "seed")
+    assert r.code == 2 and "fixed-size head" in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "seed" / "model.safetensors").exists()
+    r = cli("train", "--data", data, *common, "--test-scale", "0.5", "--out", tmp_path / "small")
+    assert r.code == 2 and "test_scale" in r.err
