@@ -129,6 +129,22 @@ def test_time_budget_plans_epochs_to_fit(cli, data, tmp_path, monkeypatch):
     assert "time budget" in info["stopped"]
 
 
+def test_whole_command_ends_within_the_time_budget(data, tmp_path):
+    """A real `python -m cnnlab train` process: start-up, loading, training, the test score and the report
+    all fit in --time-budget (within 10%), as the wall clock outside the process sees it."""
+    import time
+
+    from conftest import run_subprocess
+
+    t0 = time.perf_counter()
+    r = run_subprocess("train", "--data", data, *TINY, "--time-budget", "25", "--out", tmp_path / "run")
+    wall = time.perf_counter() - t0
+    assert r.code == 0, r
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "time budget" in info["stopped"] and info["final"]["epoch"] > 1
+    assert wall <= 25 * 1.1, f"{wall:.1f}s for a 25s budget"
+
+
 def test_time_budget_too_short_for_one_epoch_is_a_clear_error(cli, data, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer.time, "perf_counter", FakeClock(10.0))
     r = cli("train", "--data", data, *TINY, "--time-budget", "1", "--out", tmp_path / "run")

@@ -92,8 +92,10 @@ def dataset_for_config(cfg: TrainConfig) -> Dataset:
 
 def train(model: nn.Module | str | None = None, data: Dataset | str | None = None, *, config: TrainConfig | None = None,
           out: str | Path | None = None, overwrite: bool = False, resume: str | Path | None = None, quiet: bool = False,
-          on_epoch_end: Callable[[dict], None] | None = None, **overrides: Any) -> TrainResult:
+          on_epoch_end: Callable[[dict], None] | None = None, spent_seconds: float = 0.0, **overrides: Any) -> TrainResult:
     """Train and write a run folder. `model` is a module or registry name; `data` a Dataset or SPEC.
+
+    `spent_seconds`: time already spent that the time budget must cover (the CLI passes its process start-up).
 
     `on_epoch_end(row)` is called after each epoch with its metrics row (as in history); raising
     cnnlab.engine.trainer.StopTraining there ends the run after that epoch (the exception propagates).
@@ -110,7 +112,7 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
         model = create_model(cfg.model, ds, seed=cfg.seed, **cfg.model_args)
     _check_model_fits(model, ds)
     result = fit(model, ds, cfg, out, overwrite=overwrite, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
-                 on_epoch_end=on_epoch_end)
+                 on_epoch_end=on_epoch_end, spent_seconds=spent_seconds)
     if is_main_process():  # in a distributed run only rank 0 writes the run folder
         write_run_report(result, ds)
     return result

@@ -171,6 +171,7 @@ def fit(
     quiet: bool = False,
     load_seconds: float | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
+    spent_seconds: float = 0.0,
 ) -> TrainResult:
     """Train `model` on `dataset` as `cfg` says and write a run folder. Returns a TrainResult.
 
@@ -178,6 +179,7 @@ def fit(
     In a distributed run (`--nproc N`, torchrun: see engine/distributed.py) every rank calls fit; the ranks
     split each global batch of cfg.batch_size images, and only rank 0 writes the run folder.
     """
+    fit_t0 = time.perf_counter()  # the time budget counts wall time from here (set-up, checkpoints and all)
     cfg = cfg.validate().resolved()
     device = resolve_device(cfg.device)
     dist_ctx = ddp.setup(device)  # a no-op context in a single process
@@ -287,8 +289,9 @@ def fit(
     # training, validation, and a reserve for the final test score and the files written at the end.
     n_test = len(dataset.splits["test"]) if "test" in dataset.splits else 0
     test_passes = 2 if cfg.tta else 1
-    reserve = [2.0]
-    budget_used_before = dist_ctx.broadcast_number(load_seconds or 0.0) if cfg.time_budget is not None else 0.0
+    tail_s = 4.5  # ~3 s for the files and plots written at the end, ~1.5 s for the interpreter's exit
+    reserve = [tail_s]  # + the test score's estimated time, once measured
+    budget_used_before = dist_ctx.broadcast_number((load_seconds or 0.0) + spent_seconds) if cfg.time_budget is not None else 0.0
 
     def plan_epochs(done: int, seconds_per_epoch: float, elapsed: float) -> int:
         """How many epochs fit in the time budget, given the measured seconds per epoch."""
@@ -315,6 +318,12 @@ def fit(
             signal.signal(s, h_)
 
     train_seconds = sum(r["seconds"] for r in history)
+    spent_earlier = train_seconds  # a resumed run's earlier epochs (their train + val time) count in the budget
+    epoch_walls: list[float] = []  # wall seconds between epoch ends, checkpoint writes included
+    wall_mark = time.perf_counter()
+
+    def budget_elapsed() -> float:
+        return dist_ctx.broadcast_number(spent_earlier + time.perf_counter() - fit_t0)  # rank 0's clock for every rank
     epoch, step, stats = start_epoch, start_step, partial
     stop_reason = None
     training_finished = False
@@ -381,11 +390,11 @@ def fit(
                         per_batch = (time.perf_counter() - t_first) / 4
                         est = dist_ctx.broadcast_number(per_batch * steps * (1 + (0.35 * len(val) / n if has_val else 0)))
                         # inference ~1/3 of a step (rank 0's figure, so every rank plans the same epochs)
-                        reserve[0] = dist_ctx.broadcast_number(2.0 + 0.35 * per_batch / bs * n_test * test_passes)
+                        reserve[0] = dist_ctx.broadcast_number(tail_s + 0.35 * per_batch / bs * n_test * test_passes)
                         if est > 1.5 * cfg.time_budget:
                             raise ConfigError(f"--time-budget {cfg.time_budget:g}s is too short for one epoch (about {est:.0f}s here)"
                                               " — raise it, or use a smaller model, image size or dataset")
-                        planned_epochs = plan_epochs(0, est, 0.0)
+                        planned_epochs = plan_epochs(0, est, dist_ctx.broadcast_number(spent_earlier + wall_mark - fit_t0))
                         schedule.total_steps = planned_epochs * steps
             step = steps
             stats["seconds"] += time.perf_counter() - t0
@@ -396,7 +405,7 @@ def fit(
             if has_val:
                 ev = score_split(eval_model(), val)
                 row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
-                reserve[0] = dist_ctx.broadcast_number(2.0 + (time.perf_counter() - t_val) / len(val) * n_test * test_passes)
+                reserve[0] = dist_ctx.broadcast_number(tail_s + (time.perf_counter() - t_val) / len(val) * n_test * test_passes)
             row["seconds"] = dist_ctx.broadcast_number(stats["seconds"] + (time.perf_counter() - t_val))  # time-budget plans agree
             history.append(row)
             train_seconds += row["seconds"]
@@ -410,8 +419,11 @@ def fit(
                 best = {"accuracy": row["val_accuracy"], "epoch": epoch}
                 best_weights = {k: v.detach().clone() for k, v in eval_model().state_dict().items()}
             if cfg.time_budget is not None:
-                recent = [r["seconds"] for r in history[1:]] or [history[0]["seconds"]]
-                replanned = plan_epochs(epoch, sum(recent) / len(recent), train_seconds)
+                now = time.perf_counter()
+                epoch_walls.append(now - wall_mark)
+                wall_mark = now
+                recent = epoch_walls[1:] or epoch_walls  # the first epoch pays warm-up costs
+                replanned = plan_epochs(epoch, dist_ctx.broadcast_number(sum(recent) / len(recent)), budget_elapsed())
                 # shorten any time; lengthen only in the first half, or extra epochs would run at the schedule's tail LR
                 if replanned < planned_epochs or epoch < planned_epochs / 2:
                     planned_epochs = replanned
