@@ -26,10 +26,11 @@ def test_scale_matches_the_mean_crop_magnification():
     for c in (0.3, 0.6, 0.9):
         mc = float(np.mean(1 / np.sqrt(rng.uniform(c, 1.0, 2_000_000))))
         for size in (32, 64, 96, 128, 224):
-            expected = round(size * mc / 4) * 4  # the nearest multiple of 4 px
+            align = 16 if size >= 64 else 8
+            expected = max(size, int(size * mc / align + 0.5) * align)  # the nearest multiple of 16 (8) px
             got = matched_test_scale({"crop_scale": c}, size)
             assert round(size * got) == expected, (c, size, got, mc)
-    assert matched_test_scale(resolve_ops("standard"), 96) == 108 / 96  # hand-computed: 96 * 1.127 = 108.2
+    assert matched_test_scale(resolve_ops("standard"), 96) == 112 / 96  # hand-computed: 96 * 1.127 = 108.2 -> 112
     assert matched_test_scale(resolve_ops("light"), 96) == 1.0  # no crops, no enlargement
     assert matched_test_scale({"crop_scale": 0.99}, 32) == 1.0  # rounds back to the same size
 
@@ -89,9 +90,9 @@ def test_train_records_the_auto_scale_and_cli_flag(cli, tmp_path):
     r = cli("train", "--data", data, *common, "--aug", "standard", "--out", tmp_path / "auto")
     assert r.code == 0, r
     cfg = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
-    assert cfg["test_scale"] == 36 / 32  # 32 px * 1.127 -> 36 px
+    assert cfg["test_scale"] == 40 / 32  # 32 px * 1.127 = 36 px -> 40 px (a multiple of 8)
     meta = read_metadata(tmp_path / "auto" / "model.safetensors")
-    assert meta["model_args"]["test_scale"] == 36 / 32
+    assert meta["model_args"]["test_scale"] == 40 / 32
     r = cli("train", "--data", data, *common, "--aug", "light", "--out", tmp_path / "light")
     assert r.code == 0, r
     assert yaml.safe_load((tmp_path / "light" / "config.yaml").read_text())["test_scale"] == 1.0
