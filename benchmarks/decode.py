@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             res = json.loads(p.stdout.strip().splitlines()[-1])
             print(f"repeat {i + 1} {side}: {json.dumps(res)}", file=sys.stderr)
             results[side].append(res)
-    print(f"Command: `python -m benchmarks.decode {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip() + "  ")
+    print(f"Command: `{' '.join(['python -m benchmarks.decode', *(argv if argv is not None else sys.argv[1:])])}`  ")
     print(f"Machine: {cpu_description()}; {time.strftime('%Y-%m-%d %H:%M')}; load average {os.getloadavg()[0]:.2f} at the end  ")
     print(f"{args.source}: {len(files)} files → {args.size}×{args.size}×3 uint8; {args.repeats} alternating repeats, median (min–max).\n")
     print("| side | version | images | seconds | images/s | vs pil loop |")

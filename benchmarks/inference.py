@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                 res = json.loads(p.stdout.strip().splitlines()[-1])
                 print(f"repeat {i + 1} {side}: {json.dumps(res)}", file=sys.stderr)
                 results[side].append(res)
-    print(f"Command: `python -m benchmarks.inference {' '.join(argv if argv is not None else sys.argv[1:])}`".rstrip() + "  ")
+    print(f"Command: `{' '.join(['python -m benchmarks.inference', *(argv if argv is not None else sys.argv[1:])])}`  ")
     print(f"Machine: {cpu_description()}; {time.strftime('%Y-%m-%d %H:%M')}; load average {os.getloadavg()[0]:.2f} at the end  ")
     print(f"{args.model} {args.size}×{args.size}×3, {args.images} random uint8 images, batch {args.batch_size}; "
           f"{args.single} single-image calls; {args.repeats} alternating repeats, median (min–max).\n")
