@@ -35,7 +35,7 @@ def make_step(name: str, size: int, batch: int, fast: bool):
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
     x = torch.rand(batch, 3, size, size).contiguous(memory_format=fmt)
     target = torch.full((batch, 2), 0.5)
-    precision = resolve_precision("auto", torch.device("cpu")) if fast else "fp32"
+    precision = resolve_precision("auto", torch.device("cpu"), model) if fast else "fp32"
 
     def step() -> None:
         with autocast(torch.device("cpu"), precision):

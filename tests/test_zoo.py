@@ -61,3 +61,19 @@ def test_models_command_lists_the_zoo_with_parameter_counts(cli):
     rows = {row["name"]: row for row in json.loads(r.out)}
     assert set(ZOO) <= set(rows)
     assert all(row["parameters"] > 0 and row["description"] for row in rows.values())
+
+
+def test_auto_precision_keeps_fp32_on_cpu_where_bf16_is_slower():
+    """mobilenetv2 opts out of CPU autocast (measured slower in bf16); other models follow the CPU's bf16 support."""
+    import torch
+
+    from cnnlab.engine.device import cpu_has_native_bf16, resolve_precision
+    from cnnlab.models import create_model
+
+    cpu = torch.device("cpu")
+    mobile = create_model("mobilenetv2", 2, 3, (32, 32))
+    assert resolve_precision("auto", cpu, mobile) == "fp32"
+    assert resolve_precision("bf16", cpu, mobile) == "bf16"  # an explicit choice wins
+    expected = "bf16" if cpu_has_native_bf16() else "fp32"
+    for name in ("resnet9", "convnext", "seed_cnn"):
+        assert resolve_precision("auto", cpu, create_model(name, 2, 3, (32, 32))) == expected

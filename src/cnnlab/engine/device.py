@@ -75,13 +75,18 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags for f in (" amx_bf16", " avx512_bf16"))
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, model: torch.nn.Module | None = None) -> str:
+    """'auto': bf16 autocast on CUDA (fp16 without bf16) and on CPUs with native bf16, else fp32 — except on
+    CPU for a model that sets ``cpu_autocast = False`` (mobilenetv2: its depthwise and small 1x1
+    convolutions ran 1.5x slower in bf16 than in fp32 channels_last here; docs/recipes.md)."""
     if precision != "auto":
         if precision == "fp16" and device.type == "cpu":
             raise ConfigError("precision = 'fp16' needs a CUDA GPU — use bf16 or fp32 on CPU")
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if model is not None and getattr(model, "cpu_autocast", True) is False:
+        return "fp32"
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 

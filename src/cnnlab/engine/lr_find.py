@@ -32,7 +32,7 @@ def lr_range_test(model: torch.nn.Module, dataset, cfg: TrainConfig, start_lr: f
     cfg = cfg.resolved()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, model)
     augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args))
     h, w, c = dataset.image_shape
     norm = {"scale": 1 / 255, "mean": [0.0] * c, "std": [1.0] * c}

@@ -185,7 +185,7 @@ def fit(
     dist_ctx = ddp.setup(device)  # a no-op context in a single process
     device = dist_ctx.device
     main = dist_ctx.is_main
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(cfg.precision, device, model)
     augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args))
     run = Path(resume_dir) if resume_dir is not None else dist_ctx.on_main(lambda: rd.prepare_run_dir(out, overwrite))
     progress = _Progress(quiet or not main)
