@@ -19,10 +19,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks._common import run_alternating
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cats_vs_dogs" / "train"
 SIDES = ("cnnlab", "pil", "keras")
@@ -84,17 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         p.read_bytes()
     from cnnlab.engine.device import cpu_description
 
-    results: dict[str, list[dict]] = {s: [] for s in sides}
-    for i in range(args.repeats):
-        for side in sides if i % 2 == 0 else sides[::-1]:
-            cmd = [sys.executable, "-m", "benchmarks.decode", "--child", side, "--source", str(args.source), "--size", str(args.size)]
-            p = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=1800)
-            if p.returncode != 0:
-                print(f"{side} failed (exit {p.returncode}): {p.stderr.strip()[-500:]}", file=sys.stderr)
-                return 1
-            res = json.loads(p.stdout.strip().splitlines()[-1])
-            print(f"repeat {i + 1} {side}: {json.dumps(res)}", file=sys.stderr)
-            results[side].append(res)
+    results = run_alternating("benchmarks.decode", sides, args.repeats, ["--source", str(args.source), "--size", str(args.size)])
     print(f"Command: `{' '.join(['python -m benchmarks.decode', *(argv if argv is not None else sys.argv[1:])])}`  ")
     print(f"Machine: {cpu_description()}; {time.strftime('%Y-%m-%d %H:%M')}; load average {os.getloadavg()[0]:.2f} at the end  ")
     print(f"{args.source}: {len(files)} files → {args.size}×{args.size}×3 uint8; {args.repeats} alternating repeats, median (min–max).\n")

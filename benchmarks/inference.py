@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._common import run_alternating, spread
 
 SIDES = ("torch", "onnxruntime", "keras")
 
@@ -123,10 +123,6 @@ def _child(args: argparse.Namespace) -> None:
     print(json.dumps(res))
 
 
-def spread(values: list[float], fmt: str = "{:.3g}") -> str:
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="seed_cnn", help="cnnlab registry model (the Keras side is always the tutorial's net)")
@@ -151,20 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         sides.remove("keras")  # the Keras peer is the tutorial's net only
     from cnnlab.engine.device import cpu_description
 
-    results: dict[str, list[dict]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory(prefix="cnnlab-inference-") as work:
-        for i in range(args.repeats):
-            for side in sides if i % 2 == 0 else sides[::-1]:
-                cmd = [sys.executable, "-m", "benchmarks.inference", "--child", side, "--workdir", work, "--model", args.model,
-                       "--size", str(args.size), "--images", str(args.images), "--batch-size", str(args.batch_size),
-                       "--single", str(args.single)]
-                p = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=1800)
-                if p.returncode != 0:
-                    print(f"{side} failed (exit {p.returncode}): {p.stderr.strip()[-500:]}", file=sys.stderr)
-                    return 1
-                res = json.loads(p.stdout.strip().splitlines()[-1])
-                print(f"repeat {i + 1} {side}: {json.dumps(res)}", file=sys.stderr)
-                results[side].append(res)
+        results = run_alternating("benchmarks.inference", sides, args.repeats, [
+            "--workdir", work, "--model", args.model, "--size", str(args.size), "--images", str(args.images),
+            "--batch-size", str(args.batch_size), "--single", str(args.single)])
     print(f"Command: `{' '.join(['python -m benchmarks.inference', *(argv if argv is not None else sys.argv[1:])])}`  ")
     print(f"Machine: {cpu_description()}; {time.strftime('%Y-%m-%d %H:%M')}; load average {os.getloadavg()[0]:.2f} at the end  ")
     print(f"{args.model} {args.size}×{args.size}×3, {args.images} random uint8 images, batch {args.batch_size}; "

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks._common import run_side, spread
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SOURCE = HERE.parent.parent / "shared" / "datasets" / "cats_vs_dogs" / "train"
@@ -48,17 +47,6 @@ def prepare_seed_csv(source: str, out: Path, size: int = 100, test_fraction: flo
     seed_csv.write_label_csv(out / "labels_test.csv", y[te])
     (out / "classes.txt").write_text("".join(f"{c}\n" for c in ds.class_names))
     return out
-
-
-def run_side(cmd: list[str], env: dict | None = None) -> dict:
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=3600)
-    if p.returncode != 0:
-        raise SystemExit(f"benchmark side failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3g} ({min(values):.3g}–{max(values):.3g})"
 
 
 def main(argv: list[str] | None = None) -> int:

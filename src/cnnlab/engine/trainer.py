@@ -23,11 +23,10 @@ import torch.nn.functional as F
 
 from cnnlab import __version__
 from cnnlab.config import TrainConfig
-from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_targets, matched_test_scale
-from cnnlab.models._registry import set_test_scale
+from cnnlab.data.augment import Augmenter, batch_generator, matched_test_scale, resolve_ops, soft_targets
 from cnnlab.data.dataset import Dataset
-from cnnlab.engine import distributed as ddp
 from cnnlab.data.loader import BatchReader, is_streamed, read_images
+from cnnlab.engine import distributed as ddp
 from cnnlab.engine import run_dir as rd
 from cnnlab.engine.checkpoint import save_checkpoint
 from cnnlab.engine.device import autocast, cpu_description, resolve_device, resolve_precision
@@ -37,6 +36,7 @@ from cnnlab.engine.model_file import model_metadata, save_model_file
 from cnnlab.engine.schedule import LrSchedule
 from cnnlab.errors import CnnlabError, ConfigError, TrainingError
 from cnnlab.insight import plots
+from cnnlab.models._registry import set_test_scale
 
 
 class StopTraining(Exception):

@@ -56,17 +56,17 @@ def set_test_scale(model: nn.Module, scale: Any) -> None:
     """Set a model's eval-time input enlargement (1 = off); recorded in its arguments, so model files keep it."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1.0 <= scale <= 4.0:
         raise ModelError(f"test_scale {scale!r} is invalid — expected a number from 1 (off) to 4")
-    if scale == 1.0:
-        getattr(model, "cnnlab_args", {}).pop("test_scale", None)
-        if hasattr(model, "test_scale"):
-            model.test_scale = 1.0
-        return
     if not hasattr(model, "test_scale"):
+        if scale == 1.0:
+            return
         raise ModelError(f"model {getattr(model, 'cnnlab_name', type(model).__name__)!r} has a fixed-size head — "
                          "test_scale needs a global-pool model (every zoo model but seed_cnn)")
     model.test_scale = float(scale)
-    if hasattr(model, "cnnlab_args"):
-        model.cnnlab_args["test_scale"] = float(scale)
+    args = getattr(model, "cnnlab_args", None)
+    if args is not None:
+        args.pop("test_scale", None)
+        if scale != 1.0:
+            args["test_scale"] = float(scale)
 
 
 def create_model(
