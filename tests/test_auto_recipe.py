@@ -29,7 +29,7 @@ def test_size_is_the_largest_that_fits_min_epochs(monkeypatch):
     # 1440 images, 600 s: epochs(s) = 600 * 400 * (64/s)^2 / (1.15 * 1440) -> 96: 64.4 (< 80), 80: 92.7
     assert auto.MIN_EPOCHS == 80
     p = auto.plan(cfg, 1440, None, 2, 3)
-    assert (p.cfg.model, p.cfg.image_size, p.cfg.augment) == ("resnet9", 80, "standard")
+    assert (p.cfg.model, p.cfg.image_size, p.cfg.augment, p.cfg.train_size) == ("resnet9", 80, "standard", None)
     assert "80 px" in p.note and "~93 epochs" in p.note
     # a 10x larger folder gets smaller images; when no size fits, the one with the most epochs
     assert auto.plan(cfg, 14400, None, 2, 3).cfg.image_size == 32
@@ -72,6 +72,7 @@ def test_train_with_no_model_on_an_image_folder_end_to_end(cli, tmp_path, monkey
     assert "auto: resnet9 at 128 px" in r.out
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert (cfg["model"], cfg["image_size"], cfg["augment"], cfg["optimizer"]) == ("resnet9", 128, "standard", "adamw")
+    assert cfg["test_scale"] == 160 / 128  # 128 / sqrt(0.6) = 165 -> 160 px in eval mode
     meta = json.loads((run / "run.json").read_text())
     assert meta["dataset"]["image_shape"] == [128, 128, 3]
     # the recorded config repeats the run without choosing again

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from cnnlab.data.augment import resolve_ops, matched_test_scale
+from cnnlab.data.augment import matched_test_scale, matched_test_size, resolve_ops
 from cnnlab.engine.model_file import model_metadata, read_metadata, save_model_file
 from cnnlab.engine.predictor import Classifier
 from cnnlab.errors import ModelError
@@ -20,19 +20,21 @@ from tests.conftest import write_image_folder
 GLOBAL_POOL = [m for m in list_models() if m not in ("seed_cnn", "layer_list")]
 
 
-def test_scale_matches_the_mean_crop_magnification():
-    """Independent check: Monte Carlo mean of 1/sqrt(s), s ~ U(crop_scale, 1), vs the closed form the rule uses."""
-    rng = np.random.default_rng(0)
-    for c in (0.3, 0.6, 0.9):
-        mc = float(np.mean(1 / np.sqrt(rng.uniform(c, 1.0, 2_000_000))))
-        for size in (32, 64, 96, 128, 224):
-            align = 16 if size >= 64 else 8
-            expected = max(size, int(size * mc / align + 0.5) * align)  # the nearest multiple of 16 (8) px
-            got = matched_test_scale({"crop_scale": c}, size)
-            assert round(size * got) == expected, (c, size, got, mc)
-    assert matched_test_scale(resolve_ops("standard"), 96) == 112 / 96  # hand-computed: 96 * 1.127 = 108.2 -> 112
-    assert matched_test_scale(resolve_ops("light"), 96) == 1.0  # no crops, no enlargement
-    assert matched_test_scale({"crop_scale": 0.99}, 32) == 1.0  # rounds back to the same size
+def test_scale_matches_the_strongest_crop_magnification():
+    """Hand-computed: size / sqrt(crop_scale), to the nearest multiple of 16 px (8 px below 64 px)."""
+    assert matched_test_size(resolve_ops("standard"), 96) == 128  # 96 / sqrt(0.6) = 123.9 -> 128
+    assert matched_test_scale(resolve_ops("standard"), 96) == 128 / 96
+    assert matched_test_size({"crop_scale": 0.6}, 64) == 80  # 82.6 -> 80
+    assert matched_test_size({"crop_scale": 0.6}, 48) == 64  # 62.0 -> 64 (8 px steps below 64 px)
+    assert matched_test_size({"crop_scale": 0.3}, 128) == 240  # 233.7 -> 240
+    assert matched_test_size(resolve_ops("light"), 96) == 96  # no crops, no enlargement
+    assert matched_test_scale(resolve_ops("light"), 96) == 1.0
+    assert matched_test_size({"crop_scale": 0.99}, 32) == 32  # rounds back to the same size
+    for c in (0.1, 0.3, 0.6, 0.9):  # never smaller, and within half a step of the exact enlargement
+        for size in (28, 32, 64, 96, 100, 224):
+            got, align = matched_test_size({"crop_scale": c}, size), 16 if size >= 64 else 8
+            assert got >= size and got % align == 0 or got == size
+            assert got == size or abs(got - size / c**0.5) <= align / 2
 
 
 @pytest.mark.parametrize("name", GLOBAL_POOL)

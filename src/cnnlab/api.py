@@ -64,6 +64,12 @@ def create_model(name: str, data: Dataset | None = None, *, num_classes: int | N
     return models.create_model(name, num_classes, in_channels or 3, image_size or (100, 100), **model_args)
 
 
+def model_for_config(cfg: TrainConfig, ds: Dataset, seed: int | None = None) -> nn.Module:
+    """The registry model a config trains on `ds` (its model arguments, and its training size if set)."""
+    extra = {"train_size": cfg.train_size} if cfg.train_size else {}
+    return create_model(cfg.model, ds, seed=seed, **cfg.model_args, **extra)
+
+
 def list_models() -> list[str]:
     return models.list_models()
 
@@ -109,7 +115,7 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
     else:
         ds = data if isinstance(data, Dataset) else dataset_for_config(cfg)
     if not isinstance(model, nn.Module):
-        model = create_model(cfg.model, ds, seed=cfg.seed, **cfg.model_args)
+        model = model_for_config(cfg, ds, seed=cfg.seed)
     _check_model_fits(model, ds)
     result = fit(model, ds, cfg, out, overwrite=overwrite, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
                  on_epoch_end=on_epoch_end, spent_seconds=spent_seconds)
@@ -181,7 +187,7 @@ def _resume(run_dir: str | Path, quiet: bool, on_epoch_end: Callable[[dict], Non
     state = load_checkpoint(run_dir)
     cfg = config_from_dict(state["config"], source=str(run_dir / "last.ckpt")).validate()
     ds = dataset_for_config(cfg)
-    model = create_model(cfg.model, ds, **cfg.model_args)
+    model = model_for_config(cfg, ds)
     result = fit(model, ds, cfg, resume_state=state, resume_dir=run_dir, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
                  on_epoch_end=on_epoch_end)
     if is_main_process():

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aug", choices=("auto", "none", "light", "standard", "strong"), default=S, dest="augment", help="augmentation preset")
     p.add_argument("--aug-arg", type=_key_value, action="append", default=S, metavar="OP=VALUE", dest="aug_args", help="per-op override, e.g. rotate=15 or mixup=0.2")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=S, help="flip TTA for the final test score (default on except seed_cnn)")
+    p.add_argument("--train-size", type=int, default=S, metavar="N", help="train on N x N random crops of the --image-size images and evaluate the whole images (global-pool models; default recipe on folders: chosen with the image size)")
     p.add_argument("--test-scale", type=float, default=S, metavar="F", help="enlarge inputs F times in eval mode (global-pool models; default: matched to --aug's random crops, 1 = off)")
     p.add_argument("--seed", type=int, default=S)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=S)
@@ -215,6 +216,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 args.argv += ["--model", plan.cfg.model, "--aug", plan.cfg.augment]
                 if plan.cfg.image_size is not None:
                     args.argv += ["--image-size", str(plan.cfg.image_size)]
+                if plan.cfg.train_size is not None:
+                    args.argv += ["--train-size", str(plan.cfg.train_size)]
             return launcher()
         from cnnlab.engine.device import process_age
 

@@ -59,6 +59,7 @@ class TrainConfig:
     tta: bool | None = None  # flip test-time augmentation for the final test score; None: on except seed_cnn
     test_scale: float | None = None  # eval-time input enlargement (models/layers.test_resize); None: from the crop augmentation; 1: off
     image_size: int | None = None  # resize images to N x N (None: keep the dataset's size; folders: 100)
+    train_size: int | None = None  # train on N x N random crops of the loaded images, evaluate whole images at their size; None: the image size
     image_shape: list[int] | None = None  # H, W, C for seed CSV rows (None: infer a square shape)
     channels: int | None = None  # 3 (RGB) or 1 (grey) for image folders (None: 3)
     classes: list[str] | None = None  # class names for numeric labels (CSV / npz)
@@ -92,6 +93,8 @@ class TrainConfig:
         _check(0 <= self.max_bad_fraction <= 1, "max_bad_fraction", self.max_bad_fraction, "a fraction in [0, 1]")
         _check(self.workers is None or self.workers >= 0, "workers", self.workers, "a number of decoding processes >= 0")
         _check(self.image_size is None or self.image_size >= 8, "image_size", self.image_size, "a size in pixels >= 8")
+        _check(self.train_size is None or not isinstance(self.train_size, bool) and isinstance(self.train_size, int) and self.train_size >= 8,
+               "train_size", self.train_size, "a size in pixels >= 8")
         _check(self.channels in (None, 1, 3), "channels", self.channels, "1 (grey) or 3 (RGB)")
         _check(self.precision in PRECISIONS, "precision", self.precision, "one of " + ", ".join(PRECISIONS))
         _check(self.device in DEVICES, "device", self.device, "one of " + ", ".join(DEVICES))

@@ -59,22 +59,31 @@ def resolve_ops(preset: str, overrides: dict[str, Any] | None = None) -> dict[st
     return ops
 
 
-def matched_test_scale(ops: dict[str, float], size: int) -> float:
-    """The eval-time enlargement that matches random resized crops ("FixRes"): a crop keeping an area
-    fraction s ~ U(crop_scale, 1) magnifies objects 1/sqrt(s) times, on average 2(1 - sqrt(c)) / (1 - c);
-    test images are enlarged as much, rounded to a multiple of 16 px (8 px below 64 px) so the nets'
-    halvings (a stride-2 stem and three pools for resnet9) divide the size evenly: floor-mode pools drop
-    the odd row otherwise, and sizes like 104 or 120 px scored 1-3 points below 112 and 128 px.
-    1.0 when crops are off or the rounding keeps the size. Measured on cats/dogs (docs/recipes.md): resnet9
-    trained at 96 px with crop_scale 0.6 (rule: 112 px) scored 88.7% held-out at 112 px vs 86.8% at 96 px
-    (mean of 3 seeds)."""
+def matched_test_size(ops: dict[str, float], size: int) -> int:
+    """The eval size that matches random resized crops at training size `size` ("FixRes", Touvron et al. 2019):
+    a crop keeping an area fraction s ~ U(crop_scale, 1) magnifies objects 1/sqrt(s) times, so whole test
+    images are shown larger than the training size — here by the strongest crop's magnification,
+    1/sqrt(crop_scale), rounded to a multiple of 16 px (8 px below 64 px) so the nets' halvings (a stride-2
+    stem and three pools for resnet9) divide it: floor-mode pools drop the odd row otherwise, and sizes like
+    104 or 120 px scored 1-3 points below 112 and 128 px. The mean magnification, 2(1 - sqrt(c)) / (1 - c)
+    (FixRes' apparent-size argument), undershoots: resnet9 trained at 96 px with crop_scale 0.6 scored
+    89.9% held-out at 128 px against 88.5% at 112 px (6 runs on cats/dogs; validation images agreed,
+    92.4% against 91.2%; docs/recipes.md). `size` when crops are off."""
     c = ops.get("crop_scale", 1.0)
     if c >= 1 or size <= 0:
-        return 1.0
-    magnification = 2 * (1 - math.sqrt(c)) / (1 - c)
+        return size
     align = 16 if size >= 64 else 8
-    target = int(size * magnification / align + 0.5) * align
-    return target / size if target > size else 1.0
+    return max(size, int(size / math.sqrt(c) / align + 0.5) * align)
+
+
+def matched_test_scale(ops: dict[str, float], size: int) -> float:
+    """matched_test_size as an enlargement factor (1.0 when crops are off or the rounding keeps the size)."""
+    return matched_test_size(ops, size) / size if size > 0 else 1.0
+
+
+def training_size(train_size: int | None, image_hw: tuple[int, int]) -> int | None:
+    """The size training batches are cropped to (`--train-size`), or None when it is the images' own size."""
+    return train_size if train_size and (train_size, train_size) != tuple(image_hw) else None
 
 
 def batch_generator(seed: int, epoch: int, step: int) -> torch.Generator:
@@ -86,12 +95,14 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g)
 
 
-def geometric(x: torch.Tensor, ops: dict[str, float], g: torch.Generator) -> torch.Tensor:
-    """Flips, random resized crop, rotation and translation as one affine warp (reflection padding)."""
+def geometric(x: torch.Tensor, ops: dict[str, float], g: torch.Generator, size: int | None = None) -> torch.Tensor:
+    """Flips, random resized crop, rotation and translation as one affine warp (reflection padding).
+    size: output size x size (the training size, `--train-size`); None keeps the input's size."""
     n = x.shape[0]
+    out_hw = (size, size) if size else tuple(x.shape[-2:])
     fx = torch.where(torch.rand(n, generator=g) < ops["hflip"], -1.0, 1.0)
     fy = torch.where(torch.rand(n, generator=g) < ops["vflip"], -1.0, 1.0)
-    warp = ops["crop_scale"] < 1 or ops["rotate"] > 0 or ops["translate"] > 0
+    warp = ops["crop_scale"] < 1 or ops["rotate"] > 0 or ops["translate"] > 0 or out_hw != tuple(x.shape[-2:])
     if not warp:  # flips alone: exact pixel copies, no interpolation
         if ops["hflip"] > 0:
             x = torch.where((fx < 0).view(-1, 1, 1, 1).to(x.device), x.flip(3), x)
@@ -104,7 +115,7 @@ def geometric(x: torch.Tensor, ops: dict[str, float], g: torch.Generator) -> tor
     ty = _uniform(n, -ops["translate"], ops["translate"], g) * 2
     cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
     theta = torch.stack([torch.stack([cos * fx, -sin * fy, tx], 1), torch.stack([sin * fx, cos * fy, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [n, x.shape[1], *out_hw], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -160,16 +171,20 @@ def mix(x: torch.Tensor, y: torch.Tensor, ops: dict[str, float], g: torch.Genera
 
 
 class Augmenter:
-    """Applies the enabled ops to a batch: geometric -> colour -> erasing -> mixup/cutmix."""
+    """Applies the enabled ops to a batch: geometric -> colour -> erasing -> mixup/cutmix.
 
-    def __init__(self, ops: dict[str, float]):
+    size: the training size (`--train-size`): batches come out size x size, so random crops are cut from
+    the larger loaded images (sharp, not upsampled) while evaluation sees the whole images at their size."""
+
+    def __init__(self, ops: dict[str, float], size: int | None = None):
         self.ops = ops
-        self.enabled = any(ops[k] != OPS[k] for k in OPS)
+        self.size = size
+        self.enabled = any(ops[k] != OPS[k] for k in OPS) or size is not None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
         """x float (N, C, H, W) in [0, 1]; returns (x, partner labels or None, own-label weight lam)."""
         ops = self.ops
-        x = geometric(x, ops, g)
+        x = geometric(x, ops, g, self.size)
         if ops["brightness"] or ops["contrast"] or ops["saturation"]:
             x = colour(x, ops, g)
         if ops["erase"] > 0:
@@ -187,12 +202,12 @@ def soft_targets(y: torch.Tensor, num_classes: int, y2: torch.Tensor | None = No
     return t * (1 - smoothing) + smoothing / num_classes
 
 
-def augment_uint8(x: np.ndarray, y: np.ndarray, ops: dict[str, float], seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """Augment uint8 (N, H, W, C) images as training would; returns images and a label note per image
-    ("" or "+ 30% class k" for a mixup/cutmix partner). Used by `cnnlab show --augmented`."""
+def augment_uint8(x: np.ndarray, y: np.ndarray, ops: dict[str, float], seed: int = 0, size: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """Augment uint8 (N, H, W, C) images as training would (at the training size, if given); returns images
+    and a label note per image ("" or "+ 30% class k" for a mixup/cutmix partner). Used by `cnnlab show --augmented`."""
     xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    out, y2, lam = Augmenter(ops)(xt, yt, batch_generator(seed, 1, 0))
+    out, y2, lam = Augmenter(ops, size)(xt, yt, batch_generator(seed, 1, 0))
     imgs = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     notes = [""] * len(y) if y2 is None else [f" ({lam:.0%}) + {int(b)} ({1 - lam:.0%})" for b in y2]
     return imgs, notes

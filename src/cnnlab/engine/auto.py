@@ -4,13 +4,14 @@ It chooses from the data and the time budget, and says what it chose (config.yam
 - model: ``resnet9``, the fastest strong net from scratch on a CPU (docs/recipes.md has the measurements);
 - image size, for image folders (whose files have many sizes): the largest of 128/112/96/80/64/48/32 px
   at which the training set can be seen at least ``MIN_EPOCHS`` times in the time budget, from the speed of
-  a few real training steps measured on this machine. Fixed-size data (CSV, .npz, built-in) keeps its size
+  a few real training steps measured on this machine (with ``--train-size N``: N px crops of images loaded
+  at the size matched to the crops, data/augment.matched_test_size); Fixed-size data (CSV, .npz, built-in) keeps its size
   unless it is too slow to train that often, then it is scaled down the same way; tiny images are
   upscaled to 32 px so the net's three pools keep some resolution;
 - augmentation: ``standard`` (flip, crop, rotation, colour) for colour images of 48 px or more,
   ``light`` (flip, shift) otherwise.
 Everything else is the zoo recipe (AdamW, one-cycle, label smoothing, flip TTA; config.ZOO_RECIPE).
-An explicit --model, --image-size or --aug is always kept.
+An explicit --model, --image-size, --train-size or --aug is always kept.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import torch
 
 from cnnlab.config import DEFAULT_TIME_BUDGET_S, TrainConfig
+from cnnlab.data.augment import matched_test_size, resolve_ops
 from cnnlab.data.dataset import Dataset
 
 AUTO_MODEL = "resnet9"
@@ -97,7 +99,11 @@ def plan(cfg: TrainConfig, n_train: int, native: tuple[int, int] | None, num_cla
     budget = cfg.time_budget or DEFAULT_TIME_BUDGET_S
     changes: dict = {"model": AUTO_MODEL}
     size = cfg.image_size
+    crops_from = None  # image folders with --train-size: random crops of larger images, evaluated whole
     if size is not None:
+        why = "as asked"
+    elif native is None and cfg.train_size:
+        size = crops_from = cfg.train_size  # replaced by the evaluation size below when the augmentation crops
         why = "as asked"
     elif native is None:
         size, epochs = choose_size(n_train, budget, num_classes, channels, cfg)
@@ -113,12 +119,20 @@ def plan(cfg: TrainConfig, n_train: int, native: tuple[int, int] | None, num_cla
             why = f"scaled down from {min(native)} px: ~{epochs:.0f} epochs of {n_train} images fit in {budget:g}s here"
         else:
             size = None  # keep the data as it is (it may not be square)
-    if size is not None:
-        changes["image_size"] = size
     shown = size or min(native or (0, 0))
     if cfg.augment == "auto":
         changes["augment"] = "standard" if channels == 3 and shown >= 48 else "light"
+    at = f"at {shown} px"
+    if crops_from is not None:  # load the images as large as the crops magnify: training crops them, evaluation sees them whole
+        eval_size = matched_test_size(resolve_ops(changes.get("augment", cfg.augment), cfg.aug_args), crops_from)
+        if eval_size != crops_from:
+            size, changes["train_size"] = eval_size, crops_from
+            at = f"trained on {crops_from} px crops of {eval_size} px images"
+        else:  # no crops to match: one size for training and evaluation
+            changes["train_size"] = None
+    if size is not None:
+        changes["image_size"] = size
     new = dataclasses.replace(cfg, **changes)
-    note = (f"auto: {AUTO_MODEL} at {shown} px ({why}), augmentation {new.augment}"
-            " — pass --model, --image-size or --aug to choose yourself")
+    note = (f"auto: {AUTO_MODEL} {at} ({why}), augmentation {new.augment}"
+            " — pass --model, --image-size, --train-size or --aug to choose yourself")
     return Plan(new, note, time.perf_counter() - t0)

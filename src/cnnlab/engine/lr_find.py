@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cnnlab.config import TrainConfig
-from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_targets
+from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_targets, training_size
 from cnnlab.data.loader import BatchReader
 from cnnlab.engine.device import autocast, resolve_device, resolve_precision
 from cnnlab.engine.inference import to_input
@@ -33,8 +33,8 @@ def lr_range_test(model: torch.nn.Module, dataset, cfg: TrainConfig, start_lr: f
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device, model)
-    augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args))
     h, w, c = dataset.image_shape
+    augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args), training_size(cfg.train_size, (h, w)))
     norm = {"scale": 1 / 255, "mean": [0.0] * c, "std": [1.0] * c}
     reader = BatchReader(dataset.train)  # streamed folders: worker processes decode the batches
     n, bs, k = len(dataset.train), cfg.batch_size, dataset.num_classes
@@ -137,7 +137,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     cfg = TrainConfig(data=_need_data(args), model=args.model, model_args=dict(args.model_args), optimizer=args.optimizer,
                       batch_size=args.batch_size, seed=args.seed, **_data_options(args)).validate()
     ds = api.dataset_for_config(cfg)
-    model = api.create_model(cfg.model, ds, seed=cfg.seed, **cfg.model_args)
+    model = api.model_for_config(cfg, ds, seed=cfg.seed)
     res = lr_range_test(model, ds, cfg, args.start_lr, args.end_lr, args.steps)
     plot = save_plot(res, args.out)
     if args.json:

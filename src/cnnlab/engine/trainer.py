@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from cnnlab import __version__
 from cnnlab.config import TrainConfig
-from cnnlab.data.augment import Augmenter, batch_generator, matched_test_scale, resolve_ops, soft_targets
+from cnnlab.data.augment import Augmenter, batch_generator, matched_test_scale, resolve_ops, soft_targets, training_size
 from cnnlab.data.dataset import Dataset
 from cnnlab.data.loader import BatchReader, is_streamed, read_images
 from cnnlab.engine import distributed as ddp
@@ -186,13 +186,18 @@ def fit(
     device = dist_ctx.device
     main = dist_ctx.is_main
     precision = resolve_precision(cfg.precision, device, model)
-    augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args))
+    h, w, c = dataset.image_shape
+    train_size = training_size(cfg.train_size, (h, w))  # crops of the loaded images at this size; evaluation sees them whole
+    if train_size is not None and not hasattr(model, "test_scale"):
+        raise ConfigError(f"--train-size {train_size} needs a global-pool model — {getattr(model, 'cnnlab_name', type(model).__name__)}'s "
+                          f"fixed-size head takes {h}x{w} images only; leave --train-size out or choose another --model")
+    augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args), train_size)
     run = Path(resume_dir) if resume_dir is not None else dist_ctx.on_main(lambda: rd.prepare_run_dir(out, overwrite))
     progress = _Progress(quiet or not main)
 
-    h, w, c = dataset.image_shape
     if cfg.test_scale is None:  # FixRes: match the crop augmentation's magnification, for global-pool models
-        cfg.test_scale = matched_test_scale(augmenter.ops, min(h, w)) if hasattr(model, "test_scale") else 1.0
+        auto_scale = hasattr(model, "test_scale") and train_size is None  # with --train-size the image size is the eval size
+        cfg.test_scale = matched_test_scale(augmenter.ops, min(h, w)) if auto_scale else 1.0
     set_test_scale(model, cfg.test_scale)
     meta = model_metadata(model, dataset.class_names, (c, h, w), dataset=dataset.spec)
     norm = meta["normalization"]

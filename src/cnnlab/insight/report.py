@@ -89,7 +89,7 @@ def _augmented_grid(run: Path, ds, tmp: Path) -> str:
     if not cfg or cfg.get("augment") in (None, "none"):
         return ""
     try:
-        from cnnlab.data.augment import augment_uint8, resolve_ops
+        from cnnlab.data.augment import augment_uint8, resolve_ops, training_size
         from cnnlab.insight.plots import save_grid
 
         ops = resolve_ops(cfg["augment"], cfg.get("aug_args") or {})
@@ -97,7 +97,7 @@ def _augmented_grid(run: Path, ds, tmp: Path) -> str:
             return ""
         tr = ds.train
         idx = np.random.default_rng(int(cfg.get("seed") or 0)).choice(len(tr), size=min(16, len(tr)), replace=False)
-        imgs, notes = augment_uint8(tr.x[idx], tr.y[idx], ops, int(cfg.get("seed") or 0))
+        imgs, notes = augment_uint8(tr.x[idx], tr.y[idx], ops, int(cfg.get("seed") or 0), training_size(cfg.get("train_size"), tr.x.shape[1:3]))
         titles = [ds.class_names[int(v)] + n for v, n in zip(tr.y[idx], notes)]
         return _img(save_grid(imgs, titles, tmp / "aug.png", suptitle=f"augmented ({cfg['augment']})"), "augmented samples")
     except Exception as e:  # augmentation is another module's: the page still renders without this grid

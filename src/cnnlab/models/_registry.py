@@ -79,24 +79,37 @@ def create_model(
     """Build a registered model; unknown arguments are errors that list the valid ones.
 
     `test_scale` (any global-pool model): in eval mode, enlarge inputs by this factor first (layers.test_resize).
+    `train_size` (any global-pool model): the net trains on train_size x train_size crops and evaluates
+    `image_size` images; size-dependent choices (an 'auto' stem) follow the training size, and the model
+    file records it, so a reloaded model has the same layers.
     """
     entry = get_model_entry(name)
     test_scale = model_args.pop("test_scale", 1.0)
+    train_size = model_args.pop("train_size", None)
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
-    valid = entry.arg_names() + ["test_scale"]
+    valid = entry.arg_names() + ["test_scale", "train_size"]
     unknown = [k for k in model_args if k not in valid]
     if unknown:
         hint = ", ".join(valid) if valid else "none"
         raise ModelError(f"model {name!r} has no argument {unknown[0]!r} — valid model arguments: {hint}")
     if num_classes < 2:
         raise ModelError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 8):
+        raise ModelError(f"train_size {train_size!r} is invalid — expected a size in pixels >= 8")
     try:
-        model = entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=tuple(image_size), **model_args)
+        built_for = (train_size, train_size) if train_size else tuple(image_size)
+        model = entry.factory(num_classes=num_classes, in_channels=in_channels, image_size=built_for, **model_args)
     except (TypeError, ValueError) as e:
-        raise ModelError(f"model {name!r} cannot be built with {model_args or 'default arguments'}: {e}") from None
+        raise ModelError(f"model {name!r} cannot be built with {model_args or 'default arguments'}"
+                         f"{f' for {train_size} px training crops' if train_size else ''}: {e}") from None
     model.cnnlab_name = name
     model.cnnlab_args = dict(model_args)
+    if train_size and (train_size, train_size) != tuple(image_size):
+        if not hasattr(model, "test_scale"):
+            raise ModelError(f"model {name!r} has a fixed-size head — train_size (training on smaller crops) needs a "
+                             "global-pool model (every zoo model but seed_cnn)")
+        model.cnnlab_args["train_size"] = train_size
     set_test_scale(model, test_scale)
     # Inputs arrive in channels_last memory (NHWC bytes permuted to NCHW); conv weights in the same layout
     # let oneDNN skip reorders: measured ~2.6x faster bf16 training steps for seed_cnn on this CPU.
