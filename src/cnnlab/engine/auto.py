@@ -5,8 +5,8 @@ It chooses from the data and the time budget, and says what it chose (config.yam
 - image size, for image folders (whose files have many sizes): the largest of 128/112/96/80/64/48/32 px
   at which the training set can be seen at least ``MIN_EPOCHS`` times in the time budget, from the speed of
   a few real training steps measured on this machine (with ``--train-size N``: N px crops of images loaded
-  at the size matched to the crops, data/augment.matched_test_size); Fixed-size data (CSV, .npz, built-in) keeps its size
-  unless it is too slow to train that often, then it is scaled down the same way; tiny images are
+  at the size matched to the crops, data/augment.matched_test_size). Fixed-size data (CSV, .npz, built-in)
+  keeps its size unless it is too slow to train that often, then it is scaled down the same way; tiny images are
   upscaled to 32 px so the net's three pools keep some resolution;
 - augmentation: ``standard`` (flip, crop, rotation, colour) for colour images of 48 px or more,
   ``light`` (flip, shift) otherwise.
