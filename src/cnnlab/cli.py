@@ -428,6 +428,14 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(args, "func", None) or COMMANDS.get(args.command)
     if args.command == "data" and getattr(args, "func", None) is None and not args.data_command:
         handler = cmd_data
+    code = _run(handler, args)
+    distributed = sys.modules.get("cnnlab.engine.distributed")  # only imported by commands that can join a group
+    if argv is None and distributed is not None:  # a command-line rank leaves without the interpreter's teardown
+        distributed.exit_rank_process(code)
+    return code
+
+
+def _run(handler, args) -> int:
     try:
         return handler(args) or 0
     except CnnlabError as e:
