@@ -2,13 +2,19 @@
 
     python -m benchmarks.default_recipe                                   # ../shared/datasets/cats_vs_dogs/train
     python -m benchmarks.default_recipe --source PHOTOS --seeds 0,1,2 --test-per-class 200
+    python -m benchmarks.default_recipe --split-seed run                  # a different held-out part per seed
 
-The source folder (one subfolder per class) is split once, at random with a fixed seed, into train/ and a
-held-out test/ of --test-per-class images per class (symlinks in a temporary folder; nothing is copied).
+The source folder (one subfolder per class) is split at random into train/ and a held-out test/ of
+--test-per-class images per class (symlinks in a temporary folder; nothing is copied): once, with
+--split-seed N (default 0), or once per run with `--split-seed run` (split seed = the run's seed), so the
+spread over seeds also covers which images happened to be held out — 400 held-out images alone carry a
+sampling error of about 1.5 points that a fixed split repeats in every run.
 Each seed then runs `cnnlab train --data SPLIT --seed S` as a user would, in its own process, and the
 table shows the wall time of the whole command, the held-out accuracy the run reports (flip TTA, the
-default), the model/size/augmentation it chose and its epochs; then mean +- std over the seeds.
-The test images are never used for training or model selection (validation is split off train/).
+default), the final accuracy on its validation images (the 10% of train/ the run split off by itself and
+never trained on or selected with: the saved model is the last epoch's), the model/size/augmentation it
+chose and its epochs; then mean +- std over the seeds.
+The test images are never used for training or model selection.
 """
 
 from __future__ import annotations
@@ -52,23 +58,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--test-per-class", type=int, default=200)
+    ap.add_argument("--split-seed", default="0", help="seed of the held-out split, or `run`: each run's own seed")
     ap.add_argument("--keep", type=Path, help="keep the run folders here (default: a temporary folder)")
     ap.add_argument("extra", nargs="*", help="extra `cnnlab train` flags after --, e.g. -- --time-budget 300")
     args = ap.parse_args(argv)
     if not args.source.is_dir():
         print(f"{args.source}: no such folder — pass --source PHOTOS (one subfolder per class)", file=sys.stderr)
         return 2
+    if args.split_seed != "run" and not args.split_seed.isdigit():
+        print(f"--split-seed {args.split_seed}: expected a number or `run`", file=sys.stderr)
+        return 2
     tmp = Path(tempfile.mkdtemp(prefix="cnnlab-default-recipe-"))
     try:
-        data = tmp / "data"
-        counts = split_folder(args.source, data, args.test_per_class)
         runs = args.keep or tmp / "runs"
         print(f"cnnlab {__version__}, {cpu_description()}, {time.strftime('%Y-%m-%d %H:%M')}, load average "
-              f"{os.getloadavg()[0]:.2f}; {args.source}: {counts}, held out {args.test_per_class} per class")
-        print("| seed | wall | held-out accuracy | chose | epochs |")
-        print("|---|---|---|---|---|")
-        accs, walls = [], []
+              f"{os.getloadavg()[0]:.2f}; {args.source}: held out {args.test_per_class} per class, split seed {args.split_seed}")
+        print("| seed | wall | held-out accuracy | validation | chose | epochs |")
+        print("|---|---|---|---|---|---|")
+        accs, vals, walls = [], [], []
         for seed in [int(s) for s in args.seeds.split(",")]:
+            data = tmp / f"data{seed if args.split_seed == 'run' else ''}"
+            if not data.exists():
+                split_folder(args.source, data, args.test_per_class, seed if args.split_seed == "run" else int(args.split_seed))
             run = runs / f"seed{seed}"
             cmd = [sys.executable, "-m", "cnnlab", "train", "--data", str(data), "--seed", str(seed), "--out", str(run),
                    "--overwrite", "--quiet", *args.extra]
@@ -76,25 +87,32 @@ def main(argv: list[str] | None = None) -> int:
             r = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - t0
             if r.returncode != 0:
-                print(f"| {seed} | failed (exit {r.returncode}) | {r.stderr.strip()[-300:]} | | |")
+                print(f"| {seed} | failed (exit {r.returncode}) | {r.stderr.strip()[-300:]} | | | |")
                 continue
             info = json.loads((run / "run.json").read_text())
             cfg = yaml.safe_load((run / "config.yaml").read_text())
-            acc = info["test"]["accuracy"]
+            acc, val = info["test"]["accuracy"], info["final"].get("val_accuracy")
             accs.append(acc)
             walls.append(wall)
-            print(f"| {seed} | {wall:.0f} s | {acc:.1%} | {cfg['model']} {cfg.get('image_size')} px, aug {cfg['augment']} | "
-                  f"{info['final']['epoch']} |", flush=True)
+            if val is not None:
+                vals.append(val)
+            print(f"| {seed} | {wall:.0f} s | {acc:.1%} | {'-' if val is None else f'{val:.1%}'} | "
+                  f"{cfg['model']} {cfg.get('image_size')} px, aug {cfg['augment']} | {info['final']['epoch']} |", flush=True)
         if accs:
-            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            print(f"\nheld-out accuracy {statistics.mean(accs):.1%} +- {sd:.1%} over {len(accs)} seeds; "
-                  f"wall {statistics.mean(walls):.0f} s mean, {max(walls):.0f} s max")
+            print(f"\nheld-out accuracy {mean_sd(accs)} over {len(accs)} seeds"
+                  + (f"; validation {mean_sd(vals)}" if vals else "")
+                  + f"; wall {statistics.mean(walls):.0f} s mean, {max(walls):.0f} s max")
         return 0 if len(accs) == len(args.seeds.split(",")) else 1
     finally:
         if args.keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            shutil.rmtree(tmp / "data", ignore_errors=True)
+            for data in tmp.glob("data*"):
+                shutil.rmtree(data, ignore_errors=True)
+
+
+def mean_sd(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.1%} +- {statistics.stdev(xs) if len(xs) > 1 else 0.0:.1%}"
 
 
 if __name__ == "__main__":

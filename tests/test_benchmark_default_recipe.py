@@ -1,0 +1,47 @@
+"""benchmarks/default_recipe: the held-out split (fixed or one per run) and the table it prints, on tiny data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from benchmarks.default_recipe import main, split_folder
+from conftest import write_image_folder
+
+
+def listing(folder: Path) -> dict[str, set[str]]:
+    return {part: {f"{c.name}/{f.name}" for c in (folder / part).iterdir() for f in c.iterdir()} for part in ("train", "test")}
+
+
+def test_split_holds_out_the_asked_number_per_class_and_depends_only_on_its_seed(tmp_path):
+    source = write_image_folder(tmp_path / "src", n_per_class=12, size=16)
+    counts = split_folder(source, tmp_path / "a", 4, seed=0)
+    split_folder(source, tmp_path / "a2", 4, seed=0)
+    split_folder(source, tmp_path / "b", 4, seed=1)
+    a, a2, b = listing(tmp_path / "a"), listing(tmp_path / "a2"), listing(tmp_path / "b")
+    assert counts == {"circle": 12, "square": 12}
+    assert not a["train"] & a["test"] and len(a["train"] | a["test"]) == 24
+    assert sorted(n.split("/")[0] for n in a["test"]) == ["circle"] * 4 + ["square"] * 4
+    assert a == a2 and a["test"] != b["test"]
+
+
+def test_a_split_per_run_trains_each_seed_on_its_own_split_and_reports_both_accuracies(tmp_path, capsys):
+    source = write_image_folder(tmp_path / "src", n_per_class=20, size=24)
+    code = main(["--source", str(source), "--seeds", "0,1", "--test-per-class", "5", "--split-seed", "run",
+                 "--keep", str(tmp_path / "runs"), "--", "--model", "resnet9", "--epochs", "1", "--image-size", "32"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "seed" not in line]
+    assert [r[0].strip() for r in rows] == ["0", "1"]
+    for r in rows:
+        assert 0 <= float(r[2].strip().rstrip("%")) <= 100 and 0 <= float(r[3].strip().rstrip("%")) <= 100
+        assert r[4].strip() == "resnet9 32 px, aug light" and r[5].strip() == "1"
+    data = [Path(yaml.safe_load((tmp_path / "runs" / f"seed{s}" / "config.yaml").read_text())["data"]).name for s in (0, 1)]
+    assert data == ["data0", "data1"]
+    assert "held-out accuracy" in out and "validation" in out.rsplit("held-out accuracy", 1)[1]
+
+
+def test_a_bad_split_seed_is_a_usage_error(tmp_path, capsys):
+    assert main(["--source", str(tmp_path), "--split-seed", "each"]) == 2
+    assert "--split-seed each" in capsys.readouterr().err
