@@ -88,6 +88,20 @@ def test_show_augmented_saves_a_grid(cli, tmp_path):
     assert r.code == 2 and "wild" in r.err
 
 
+def test_show_augmented_crops_to_the_training_size_like_train_size_does(cli, tmp_path, monkeypatch):
+    from cnnlab.insight import plots
+
+    shown = []
+    monkeypatch.setattr(plots, "save_grid", lambda x, titles, path, suptitle="": shown.append(x.shape) or path)
+    assert cli("show", "--data", "builtin:shapes", "--image-size", "40", "--augmented", "--grid", "4", "--train-size", "24").code == 0
+    assert cli("show", "--data", "builtin:shapes", "--image-size", "40", "--augmented", "--grid", "4").code == 0
+    assert shown == [(4, 24, 24, 3), (4, 40, 40, 3)]
+    r = cli("show", "--data", "builtin:shapes", "--augmented", "--train-size", "4")
+    assert r.code == 2 and "--train-size 4" in r.err and ">= 8" in r.err
+    r = cli("show", "--data", "builtin:shapes", "--train-size", "24")
+    assert r.code == 2 and "only shown with --augmented" in r.err
+
+
 def test_boxes_are_clipped_at_the_border_never_larger_than_asked():
     from cnnlab.data.augment import _boxes
 

@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augmented", action="store_true", help="show the images as training augments them")
     p.add_argument("--aug", default="standard", metavar="PRESET", help="with --augmented: none|light|standard|strong (default standard)")
     p.add_argument("--aug-arg", type=_key_value, action="append", default=[], metavar="OP=VALUE", dest="aug_args")
+    p.add_argument("--train-size", type=int, metavar="N", help="with --augmented: N x N crops, as `train --train-size N` trains on")
 
     p = sub.add_parser("models", help="list registered models with parameter counts")
     p.add_argument("--image-size", type=int, default=100)
@@ -339,8 +340,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     from cnnlab.insight import plots
 
     ops = None
+    if args.train_size is not None and (not args.augmented or args.train_size < 8):
+        raise ConfigError(f"--train-size {args.train_size}: " + ("a size in pixels >= 8" if args.augmented else "only shown with --augmented"))
     if args.augmented:
-        from cnnlab.data.augment import augment_uint8, resolve_ops
+        from cnnlab.data.augment import augment_uint8, resolve_ops, training_size
 
         ops = resolve_ops(args.aug, dict(args.aug_args))
     ds = api.load_dataset(_need_data(args), **_data_options(args))
@@ -353,7 +356,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         idx = rng.choice(len(s), size=min(n, len(s)), replace=False)
         x, titles = s.x[idx], [ds.class_names[int(v)] for v in s.y[idx]]
         if ops is not None:
-            x, notes = augment_uint8(x, s.y[idx], ops, args.seed or 0)
+            x, notes = augment_uint8(x, s.y[idx], ops, args.seed or 0, training_size(args.train_size, x.shape[1:3]))
             titles = [_name_partner(t + note, ds.class_names) for t, note in zip(titles, notes)]
         out = plots.save_grid(x, titles, Path(args.out or ("augmented.png" if ops is not None else "samples.png")),
                               suptitle=f"augmented ({args.aug})" if ops is not None else "")

@@ -23,7 +23,6 @@ import torch
 
 from cnnlab.config import DEFAULT_TIME_BUDGET_S, TrainConfig
 from cnnlab.data.augment import matched_test_size, resolve_ops
-from cnnlab.data.dataset import Dataset
 
 AUTO_MODEL = "resnet9"
 SIZES = (128, 112, 96, 80, 64, 48, 32)
