@@ -77,9 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|---|")
         accs, vals, walls = [], [], []
         for seed in [int(s) for s in args.seeds.split(",")]:
-            data = tmp / f"data{seed if args.split_seed == 'run' else ''}"
-            if not data.exists():
-                split_folder(args.source, data, args.test_per_class, seed if args.split_seed == "run" else int(args.split_seed))
+            split = seed if args.split_seed == "run" else int(args.split_seed)
+            data = tmp / f"data{split}"
+            if not data.exists():  # a fixed split is made once and shared by every seed
+                split_folder(args.source, data, args.test_per_class, split)
             run = runs / f"seed{seed}"
             cmd = [sys.executable, "-m", "cnnlab", "train", "--data", str(data), "--seed", str(seed), "--out", str(run),
                    "--overwrite", "--quiet", *args.extra]
