@@ -31,8 +31,11 @@ def test_size_is_the_largest_that_fits_min_epochs(monkeypatch):
     p = auto.plan(cfg, 1440, None, 2, 3)
     assert (p.cfg.model, p.cfg.image_size, p.cfg.augment, p.cfg.train_size) == ("resnet9", 80, "standard", None)
     assert "80 px" in p.note and "~93 epochs" in p.note
+    # a small training set gets batches of 32 (twice the steps), a larger one the zoo recipe's 64
+    assert p.cfg.batch_size == 32 and "batch 32" in p.note
     # a 10x larger folder gets smaller images; when no size fits, the one with the most epochs
-    assert auto.plan(cfg, 14400, None, 2, 3).cfg.image_size == 32
+    big = auto.plan(cfg, 14400, None, 2, 3)
+    assert (big.cfg.image_size, big.cfg.batch_size) == (32, 64) and "batch 64" in big.note
     monkeypatch.setattr(auto, "images_per_second", lambda size, *a, **k: {64: 50.0, 48: 20.0, 32: 30.0}.get(size, 10.0))
     assert auto.plan(cfg, 14400, None, 2, 3).cfg.image_size == 64
     assert auto.plan(TrainConfig(data="x", time_budget=1), 14400, None, 2, 3).cfg.image_size == 64
@@ -53,8 +56,19 @@ def test_fixed_size_data_keeps_its_size_unless_too_slow(monkeypatch):
 
 def test_explicit_choices_are_kept(monkeypatch):
     monkeypatch.setattr(auto, "images_per_second", fake_speed(400.0))
-    p = auto.plan(TrainConfig(data="x", image_size=48, augment="strong"), 1440, None, 2, 3)
-    assert (p.cfg.image_size, p.cfg.augment) == (48, "strong")
+    p = auto.plan(TrainConfig(data="x", image_size=48, augment="strong", batch_size=64), 1440, None, 2, 3)
+    assert (p.cfg.image_size, p.cfg.augment, p.cfg.batch_size) == (48, "strong", 64)
+    # outside the default recipe an unset batch size is 64, for the seed and the zoo recipe alike
+    assert TrainConfig(data="x", model="resnet9").resolved().batch_size == 64
+    assert TrainConfig(data="x", model="seed_cnn").resolved().batch_size == 64
+
+
+def test_the_size_is_chosen_from_the_speed_at_batch_64_unless_the_user_asks_for_less(monkeypatch):
+    seen = []
+    monkeypatch.setattr(auto, "images_per_second", lambda size, k, c, cfg, *a: seen.append(cfg.batch_size) or 1e6)
+    assert auto.plan(TrainConfig(data="x"), 1440, None, 2, 3).cfg.batch_size == 32
+    auto.plan(TrainConfig(data="x", batch_size=16), 1440, None, 2, 3)
+    assert seen == [None, 16]  # images_per_second probes min(batch_size or 64, 64) images per step
 
 
 def test_the_probe_measures_real_steps_and_leaves_the_random_state_alone():

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-file", metavar="LAYERS.yaml", help="a custom network as a YAML/JSON layer list (see docs/recipes.md)")
     p.add_argument("--epochs", type=int, default=S, help="default 5 for seed_cnn; other models train for --time-budget")
     p.add_argument("--time-budget", type=float, default=S, metavar="SECONDS", help="plan epochs and LR schedule to finish training within this time (default 600 for non-seed models without --epochs)")
-    p.add_argument("--batch-size", type=int, default=S)
+    p.add_argument("--batch-size", type=int, default=S, help="images per optimizer step (the global batch with --nproc); default 64, the default recipe chooses 32 for up to 10000 training images")
     p.add_argument("--lr", type=float, default=S, help="(peak) learning rate; default 0.001 for seed_cnn, 0.003 otherwise")
     p.add_argument("--optimizer", choices=("auto", "adamw", "sgd", "adam"), default=S, help="sgd uses Nesterov momentum")
     p.add_argument("--schedule", choices=("auto", "onecycle", "cosine", "constant", "plateau"), default=S)
@@ -214,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 plan = api.auto_plan(cfg)
                 if not args.quiet:
                     print(plan.note)
-                args.argv += ["--model", plan.cfg.model, "--aug", plan.cfg.augment]
+                args.argv += ["--model", plan.cfg.model, "--aug", plan.cfg.augment, "--batch-size", str(plan.cfg.batch_size)]
                 if plan.cfg.image_size is not None:
                     args.argv += ["--image-size", str(plan.cfg.image_size)]
                 if plan.cfg.train_size is not None:

@@ -28,9 +28,9 @@ AUGMENTS = ("auto", "none", "light", "standard", "strong")
 # The recipe for every model but seed_cnn (which keeps the tutorial's Adam, constant LR, 5 epochs).
 # Measured on 2000 cats/dogs JPEGs at 96 px (docs/recipes.md): AdamW + one-cycle + flip/translate +
 # label smoothing + flip TTA beats SGD and plain Adam clearly within a few CPU minutes.
-SEED_RECIPE = {"epochs": 5, "lr": 1e-3, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
+SEED_RECIPE = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                "label_smoothing": 0.0, "augment": "none", "tta": False}
-ZOO_RECIPE = {"lr": 3e-3, "optimizer": "adamw", "schedule": "onecycle", "weight_decay": 0.05,
+ZOO_RECIPE = {"batch_size": 64, "lr": 3e-3, "optimizer": "adamw", "schedule": "onecycle", "weight_decay": 0.05,
               "label_smoothing": 0.1, "augment": "light", "tta": True}
 DEFAULT_TIME_BUDGET_S = 600.0  # non-seed models without --epochs train for this long
 
@@ -41,7 +41,7 @@ class TrainConfig:
     model: str = "auto"  # a registry name; auto: chosen with the image size and augmentation (engine/auto.py)
     model_args: dict[str, Any] = field(default_factory=dict)
     epochs: int | None = None  # None: 5 for seed_cnn; other models train for time_budget (default 600 s)
-    batch_size: int = 64
+    batch_size: int | None = None  # None: 64; the default recipe (model auto) chooses 32 for small training sets (engine/auto.py)
     lr: float | None = None  # peak LR; None: 1e-3 for seed_cnn (Adam), 3e-3 otherwise (AdamW one-cycle)
     optimizer: str = "auto"  # adamw | sgd (Nesterov) | adam; auto: adam for seed_cnn, adamw otherwise
     weight_decay: float | None = None  # decoupled for AdamW; never applied to norm weights or biases
@@ -76,7 +76,7 @@ class TrainConfig:
         if not self.data:
             raise ConfigError("no dataset given — pass --data PATH or --data builtin:shapes")
         _check(self.epochs is None or self.epochs >= 1, "epochs", self.epochs, "a whole number >= 1")
-        _check(self.batch_size >= 1, "batch_size", self.batch_size, "a whole number >= 1")
+        _check(self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "a whole number >= 1")
         _check(self.lr is None or math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "a positive number such as 0.001")
         _check(self.weight_decay is None or self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
         _check(self.schedule in SCHEDULES, "schedule", self.schedule, "one of " + ", ".join(SCHEDULES))
