@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import io
 import os
 import struct
 import warnings
@@ -20,6 +21,7 @@ from cnnlab.data.images import (
     load_image,
     load_images,
     open_image,
+    pillow_open,
 )
 from cnnlab.errors import DataError
 
@@ -426,10 +428,10 @@ def test_load_images_all_bad(tmp_path):
 
 
 def test_is_image_file():
-    for name in ("a.jpg", "b.JPEG", "dir/c.png", "d.bmp", "e.gif", "f.webp", "g.tif", "h.TIFF"):
+    for name in ("a.jpg", "b.JPEG", "dir/c.png", "d.bmp", "e.gif", "f.webp", "g.tif", "h.TIFF", "i.jfif", "j.HEIC", "k.avif"):
         assert is_image_file(name), name
     for name in (".DS_Store", "Thumbs.db", "._a.jpg", "dir/._b.png", ".hidden.png", "a.txt",
-                 "noext", "a.jpg.txt", "desktop.ini"):
+                 "noext", "a.jpg.txt", "desktop.ini", "layers.psd", "page.pdf", "vector.svg"):
         assert not is_image_file(name), name
     assert {".jpg", ".png", ".webp"} <= IMAGE_EXTENSIONS
 
@@ -448,3 +450,67 @@ def test_gif_and_grey_png_transparency_become_white(tmp_path):
     p = save(grey, tmp_path / "trns.png", transparency=7)
     a = load_image(p, None, channels=1)
     assert np.all(a[:, :3] == 200) and np.all(a[:, 3:] == 255)
+
+
+# --------------------------------------------------------------------------- formats beyond jpg/png
+
+
+def write_heic(im: Image.Image, path):
+    import pillow_heif  # dev dependency: pi-heif, which cnnlab reads HEIC with, cannot encode
+
+    pillow_heif.from_pillow(im).save(path, quality=95)
+    return path
+
+
+# every extension cnnlab takes as an image, with the Pillow format that writes it (None: pillow-heif)
+WRITERS = {".jpg": "JPEG", ".jpeg": "JPEG", ".jpe": "JPEG", ".jfif": "JPEG", ".png": "PNG", ".apng": "PNG",
+           ".bmp": "BMP", ".dib": "DIB", ".gif": "GIF", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+           ".avif": "AVIF", ".heic": None, ".heif": None, ".hif": None, ".jp2": "JPEG2000", ".j2k": "JPEG2000",
+           ".jpx": "JPEG2000", ".tga": "TGA", ".qoi": "QOI", ".ppm": "PPM", ".pgm": "PPM", ".pbm": "PPM", ".pnm": "PPM"}
+
+
+def test_every_image_extension_is_tested():
+    assert set(WRITERS) == IMAGE_EXTENSIONS
+
+
+@pytest.mark.parametrize("ext", sorted(WRITERS))
+def test_each_image_extension_decodes_to_its_colour(tmp_path, ext):
+    path = tmp_path / f"photo{ext}"
+    if ext == ".pbm":  # 1-bit: black and white only
+        save(Image.new("1", (32, 24), 1), path, format="PPM")
+        colour = (255, 255, 255)
+    else:
+        im, colour = solid(), COLOUR
+        write_heic(im, path) if WRITERS[ext] is None else save(im, path, format=WRITERS[ext])
+    assert is_image_file(path)
+    a = load_image(path, (12, 16))
+    assert a.shape == (12, 16, 3) and a.dtype == np.uint8
+    assert_colour(a, colour, tol=10)
+
+
+def test_heic_is_recognised_by_its_content_whatever_its_name(tmp_path):
+    """A HEIC photo renamed .jpg (or uploaded without a name) opens from its 'ftyp' box."""
+    path = write_heic(solid(colour=(30, 90, 200)), tmp_path / "renamed.heic")
+    assert_colour(load_image(path.rename(tmp_path / "renamed.jpg"), None), (30, 90, 200), tol=10)
+    assert pillow_open(io.BytesIO((tmp_path / "renamed.jpg").read_bytes())).size == (32, 24)
+
+
+def test_heic_without_pi_heif_names_the_package(tmp_path, monkeypatch):
+    import cnnlab.data.images as images
+
+    path = write_heic(solid(), tmp_path / "a.heic")
+    real_import = builtins.__import__
+
+    def no_pi_heif(name, *args, **kwargs):
+        if name == "pi_heif":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pi_heif)
+    monkeypatch.setattr(images, "_heif", {"registered": False, "available": None})
+    monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k != "HEIF"})  # as if never registered
+    monkeypatch.setattr(Image, "ID", [k for k in Image.ID if k != "HEIF"])
+    with pytest.raises(ImageReadError) as e:
+        load_image(path, None)
+    msg = str(e.value)
+    assert "a.heic" in msg and "pip install pi-heif" in msg and "\n" not in msg

@@ -151,3 +151,18 @@ def test_training_skips_records_and_stops_above_the_bad_fraction(cli, zoo, tmp_p
     recorded = dict(ln.split("\t") for ln in (tmp_path / "r2" / "bad_files.txt").read_text().splitlines())
     assert {Path(p).name for p in recorded} == set(BAD)
     assert (tmp_path / "r2" / "model.safetensors").is_file()
+
+
+def test_training_says_which_files_it_left_out_as_not_images(cli, tmp_path):
+    root = write_image_folder(tmp_path / "pets", n_per_class=6, size=24)
+    (root / "circle" / "labels.csv").write_text("a,b\n")
+    (root / "square" / "notes.txt").write_text("notes\n")
+    (root / "square" / "scan.psd").write_bytes(b"8BPS")
+    (root / "square" / "Thumbs.db").write_bytes(b"\x00")  # an operating-system file: not worth a word
+    (root / "circle" / ".DS_Store").write_bytes(b"\x00")
+    r = cli("train", "--model", "seed_cnn", "--data", root, "--epochs", "1", "--out", tmp_path / "run")
+    assert r.code == 0, r
+    note = next(ln for ln in r.out.splitlines() if ln.startswith("left out"))
+    assert note.startswith("left out 3 file(s) that are not images (") and f"cnnlab data check {root} --show-ignored" in note
+    assert all(e in note for e in ("1 .csv", "1 .txt", "1 .psd")), note
+    assert "left out" not in cli("train", "--model", "seed_cnn", "--data", root, "--epochs", "1", "--out", tmp_path / "q", "--quiet").out

@@ -111,6 +111,17 @@ def test_predict_multipart_and_raw_match_classifier(torch_server, trained_run, i
     assert raw.status_code == 200 and abs(raw.json()["predictions"][0]["probability"] - oracle[0].max()) < 1e-5
 
 
+def test_iphone_heic_and_avif_uploads_are_read(torch_server, images32):
+    import pillow_heif  # dev dependency that writes HEIC; the server reads it with pi-heif
+
+    x, _ = images32
+    heic = io.BytesIO()
+    pillow_heif.from_pillow(Image.fromarray(x[0])).save(heic, quality=95)
+    for data in (heic.getvalue(), png_bytes(x[0], "AVIF")):
+        r = httpx.post(f"{torch_server}/v1/predict", content=data, headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 200, r.text
+
+
 def test_onnxruntime_backend_matches_torch(trained_run, images32):
     run, _ = trained_run
     x, _ = images32

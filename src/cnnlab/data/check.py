@@ -44,7 +44,7 @@ class CheckReport:
 def _ignore_reason(p: Path) -> str | None:
     """Why a file under a class folder is not an image candidate (None: it is one)."""
     name = p.name
-    if name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini"):
+    if name.startswith(".") or name.lower() in images.IGNORED_NAMES:
         return "operating-system file, ignored"
     if p.suffix.lower() not in images.IMAGE_EXTENSIONS:
         return f"extension {p.suffix or '(none)'} is not an image type, ignored"

@@ -31,6 +31,7 @@ from cnnlab.errors import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "HEIF_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "ImageReadError",
     "open_image",
@@ -41,11 +42,18 @@ __all__ = [
     "filter_image_files",
 ]
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# Raster formats Pillow decodes, by file extension: photos as phones, browsers and cameras save them
+# (.jfif/.jpe downloads, .avif, Apple's .heic/.heif through pi-heif), and the common lossless and
+# scientific ones. Multi-layer or vector formats (.psd, .eps, .pdf, .svg) are not images here.
+IMAGE_EXTENSIONS = {
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
+    ".avif", ".heic", ".heif", ".hif", ".jp2", ".j2k", ".jpx", ".tga", ".qoi", ".ppm", ".pgm", ".pbm", ".pnm",
+}
+HEIF_EXTENSIONS = {".heic", ".heif", ".hif"}
 MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb cap (Pillow's own warning starts at ~89 M)
 
 # Files that carry an image extension but are never images (OS metadata).
-_IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
 # Pillow's bomb check emits a *warning* from Image.open; we capture it with
 # warnings.catch_warnings, which swaps process-global state, so Image.open (header only, cheap)
@@ -109,7 +117,7 @@ def _open_checked(path, max_pixels: int | None) -> Image.Image:
     try:
         with _OPEN_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
-            im = Image.open(p)
+            im = pillow_open(p)
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except IsADirectoryError:
@@ -117,9 +125,7 @@ def _open_checked(path, max_pixels: int | None) -> Image.Image:
     except PermissionError:
         raise ImageReadError(path, "permission denied") from None
     except UnidentifiedImageError:
-        raise ImageReadError(
-            path, "not an image file (cannot identify image file format)"
-        ) from None
+        raise ImageReadError(path, "not an image file (cannot identify image file format)" + _heif_hint(p)) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageReadError(
             path, f"too many pixels ({_bomb_pixels(e)}); refusing a possible decompression bomb"
@@ -141,6 +147,56 @@ def _open_checked(path, max_pixels: int | None) -> Image.Image:
             "refusing a possible decompression bomb",
         )
     return im
+
+
+_heif = {"registered": False, "available": None}
+
+
+def register_heif() -> bool:
+    """Teach Pillow HEIC/HEIF (iPhone photos) through pi-heif, once per process; False when it is not installed.
+
+    Not done at import: pi-heif's import takes 0.2-0.7 s, which every command would pay for a format
+    most folders never hold."""
+    if _heif["available"] is None:
+        try:
+            import pi_heif  # noqa: PLC0415
+        except ImportError:
+            _heif["available"] = False
+        else:
+            pi_heif.register_heif_opener()
+            _heif["available"] = _heif["registered"] = True
+    return bool(_heif["available"])
+
+
+def pillow_open(fp) -> Image.Image:
+    """Image.open (header only), registering HEIF first when the file looks like one (ISO media 'ftyp' box)."""
+    try:
+        return Image.open(fp)
+    except UnidentifiedImageError:
+        if _heif["registered"] or not _looks_like_heif(fp) or not register_heif():
+            raise
+    if hasattr(fp, "seek"):
+        fp.seek(0)
+    return Image.open(fp)
+
+
+def _looks_like_heif(fp) -> bool:
+    try:
+        if hasattr(fp, "read"):
+            fp.seek(0)
+            head = fp.read(12)
+        else:
+            with open(fp, "rb") as f:
+                head = f.read(12)
+    except (OSError, ValueError):
+        return False
+    return head[4:8] == b"ftyp"
+
+
+def _heif_hint(path: str) -> str:
+    if Path(path).suffix.lower() in HEIF_EXTENSIONS and not register_heif():
+        return " — HEIC/HEIF photos need the pi-heif package: pip install pi-heif"
+    return ""
 
 
 def _bomb_pixels(e: Exception) -> str:
@@ -431,7 +487,7 @@ def is_image_file(path) -> bool:
     are never images. Only the name is looked at; the file is not opened.
     """
     name = Path(os.fspath(path)).name
-    if not name or name.startswith(".") or name.lower() in _IGNORED_NAMES:
+    if not name or name.startswith(".") or name.lower() in IGNORED_NAMES:
         return False
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 

@@ -128,7 +128,7 @@ def with_validation_split(ds: Dataset, fraction: float, seed: int) -> Dataset:
     idx_train, idx_val = train_test_split(np.arange(len(train)), test_size=n_val, random_state=seed, stratify=stratify)
     splits = {"train": train.subset(np.sort(idx_train)), "val": train.subset(np.sort(idx_val))}
     splits.update({k: v for k, v in ds.splits.items() if k != "train"})
-    return Dataset(ds.spec, ds.class_names, splits, ds.bad_files, ds.source_format, dict(ds.load_options))
+    return Dataset(ds.spec, ds.class_names, splits, ds.bad_files, ds.source_format, dict(ds.load_options), list(ds.ignored_files))
 
 
 def _labels_to_ids(labels: np.ndarray, class_names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
@@ -269,11 +269,20 @@ def image_folder_counts(spec: str) -> tuple[int, int] | None:
     return sum(len(v) for v in found.values()), len(found)
 
 
-def _scan_class_folders(root: Path) -> dict[str, list[Path]]:
+def _scan_class_folders(root: Path, ignored: list[str] | None = None) -> dict[str, list[Path]]:
+    """{class: its image files}; files that are not images by their extension go to `ignored` (OS files such
+    as .DS_Store and Thumbs.db do not)."""
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     found = {}
     for d in classes:
-        files = sorted(p for p in d.rglob("*") if (p.is_file() or p.is_symlink()) and images.is_image_file(p))  # a broken or looping symlink is reported, not silently dropped
+        files = []
+        for p in sorted(d.rglob("*")):
+            if not (p.is_file() or p.is_symlink()):  # a broken or looping symlink is reported, not silently dropped
+                continue
+            if images.is_image_file(p):
+                files.append(p)
+            elif ignored is not None and not p.name.startswith(".") and p.name.lower() not in images.IGNORED_NAMES:
+                ignored.append(str(p))
         found[d.name] = files
     return found
 
@@ -285,7 +294,8 @@ def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: f
         raise DataError(f"{root}: has {', '.join(split_roots)}/ but no train/ — add train/<class>/ folders")
     if not split_roots:
         split_roots = {"train": root}
-    scanned = {s: _scan_class_folders(r) for s, r in split_roots.items()}
+    ignored: list[str] = []
+    scanned = {s: _scan_class_folders(r, ignored) for s, r in split_roots.items()}
     class_names = sorted(scanned["train"])
     if not class_names:
         raise DataError(f"{split_roots['train']}: no class subfolders — put images in one folder per class, e.g. cats/ and dogs/")
@@ -293,7 +303,7 @@ def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: f
         for name, files in found.items():
             if not files:
                 where = split_roots[split] / name
-                raise DataError(f"{where}: class folder has no images (jpg/png/bmp/gif/webp) — add images or remove the folder")
+                raise DataError(f"{where}: class folder has no images (jpg, png, webp, heic, avif, …) — add images or remove the folder; `cnnlab data check` lists what it ignored")
             if name not in class_names:
                 raise DataError(f"{split_roots[split] / name}: class {name!r} is not in train/ — classes: {', '.join(class_names)}")
     splits, bad = {}, []
@@ -318,7 +328,7 @@ def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: f
             f"{len(bad)} of {total} images are unreadable (more than max_bad_fraction={max_bad_fraction:g}), first: {path}: {reason}"
             " — remove or fix them, or raise --max-bad-fraction"
         )
-    return _check_classes(Dataset(str(root), class_names, splits, bad, source_format="image-folder"))
+    return _check_classes(Dataset(str(root), class_names, splits, bad, source_format="image-folder", ignored_files=ignored))
 
 
 def _parse_options(spec: str, allowed: dict[str, type]) -> dict:

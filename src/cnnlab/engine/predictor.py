@@ -77,7 +77,7 @@ def expand_image_paths(inputs: list[str | Path]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and images.is_image_file(f))
             if not found:
-                raise DataError(f"{p}: folder holds no images (jpg/png/bmp/gif/webp)")
+                raise DataError(f"{p}: folder holds no images (jpg, png, webp, heic, avif, …: other files are left out)")
             out.extend(found)
         elif p.exists():
             out.append(p)

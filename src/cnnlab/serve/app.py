@@ -150,7 +150,7 @@ def decode_upload(data: bytes, name: str, clf: Classifier, max_pixels: int) -> n
         # Same bomb handling as images._open_checked: Pillow's warning is serialised behind its lock.
         with image_io._OPEN_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = image_io.pillow_open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise image_io.ImageReadError(name, "not an image (cannot identify image format)") from None
     except Image.DecompressionBombError:
