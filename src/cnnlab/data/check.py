@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.data import images
-from cnnlab.data.sources import SPLIT_DIRS, load_dataset
+from cnnlab.data.sources import SPLIT_DIRS, class_from_file_name, load_dataset
 from cnnlab.errors import DataError
 
 CHECK_SIZE = 32  # decode every image fully (truncation shows only then), resized small to save memory
@@ -69,8 +69,21 @@ def check_image_folder(root: Path, channels: int = 3) -> CheckReport:
         raise DataError(f"{root}: has {', '.join(split_roots)}/ but no train/ — add train/<class>/ folders")
     candidates: list[tuple[str, Path]] = []
     classes: set[str] = set()
+    unnamed: list[tuple[str, str]] = []
     for split, sroot in split_roots.items():
-        for entry in sorted(sroot.iterdir()):
+        entries = sorted(sroot.iterdir())
+        by_name = not any(e.is_dir() and not e.name.startswith(".") for e in entries)  # cat.0.jpg, dog.0.jpg
+        for entry in entries:
+            if by_name and entry.is_file():
+                why = _ignore_reason(entry)
+                if why is not None:
+                    rep.ignored.append((str(entry), why))
+                elif (name := class_from_file_name(entry.name)) is None:
+                    unnamed.append((str(entry), "no class subfolders, and the file name does not start with its class (cat.0.jpg)"))
+                else:
+                    classes.add(name)
+                    candidates.append((split, entry))
+                continue
             if not entry.is_dir() or entry.name.startswith("."):
                 if entry.is_file() and split_roots == {"train": root}:
                     rep.ignored.append((str(entry), "file outside any class folder, ignored"))
@@ -89,7 +102,8 @@ def check_image_folder(root: Path, channels: int = 3) -> CheckReport:
         raise DataError(f"{root}: no class subfolders — put images in one folder per class, e.g. cats/ and dogs/")
     _, ok, bad = images.load_images([p for _, p in candidates], (CHECK_SIZE, CHECK_SIZE), channels=channels)
     rep.images = len(candidates)
-    rep.bad = sorted(bad)
+    rep.images += len(unnamed)
+    rep.bad = sorted(bad + unnamed)
     for i in ok:
         rep.splits[candidates[i][0]] = rep.splits.get(candidates[i][0], 0) + 1
     return rep

@@ -6,9 +6,7 @@ large for memory use `cnnlab.data.stream.StreamSplit` instead, whose `x` decodes
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -36,6 +34,7 @@ class Dataset:
     source_format: str = ""
     load_options: dict = field(default_factory=dict)  # how it was loaded (recorded in config.yaml)
     ignored_files: list[str] = field(default_factory=list)  # files in class folders that are not images (by extension)
+    notes: list[str] = field(default_factory=list)  # what loading decided for the user to know (training prints them)
 
     @property
     def num_classes(self) -> int:
@@ -79,13 +78,6 @@ class Dataset:
             "bad_files": len(self.bad_files),
             "stream": self.streamed,
         }
-
-    def ignored_note(self) -> str:
-        """One line on the files of the class folders that were left out because they are not images."""
-        exts = Counter(Path(p).suffix.lower() or "(no extension)" for p in self.ignored_files)
-        kinds = ", ".join(f"{n} {e}" for e, n in exts.most_common(4)) + (", …" if len(exts) > 4 else "")
-        return (f"left out {len(self.ignored_files)} file(s) that are not images ({kinds}) — "
-                f"`cnnlab data check {self.spec} --show-ignored` lists them")
 
     @property
     def streamed(self) -> bool:

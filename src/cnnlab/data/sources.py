@@ -12,6 +12,8 @@ would not fit comfortably in memory; see cnnlab.data.stream): the splits then ho
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -128,7 +130,7 @@ def with_validation_split(ds: Dataset, fraction: float, seed: int) -> Dataset:
     idx_train, idx_val = train_test_split(np.arange(len(train)), test_size=n_val, random_state=seed, stratify=stratify)
     splits = {"train": train.subset(np.sort(idx_train)), "val": train.subset(np.sort(idx_val))}
     splits.update({k: v for k, v in ds.splits.items() if k != "train"})
-    return Dataset(ds.spec, ds.class_names, splits, ds.bad_files, ds.source_format, dict(ds.load_options), list(ds.ignored_files))
+    return Dataset(ds.spec, ds.class_names, splits, ds.bad_files, ds.source_format, dict(ds.load_options), list(ds.ignored_files), list(ds.notes))
 
 
 def _labels_to_ids(labels: np.ndarray, class_names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
@@ -261,30 +263,53 @@ def image_folder_counts(spec: str) -> tuple[int, int] | None:
         return None
     root = path / "train" if (path / "train").is_dir() else path
     try:
-        found = _scan_class_folders(root)
-    except OSError:
+        found, _ = _scan_class_folders(root)
+    except (OSError, DataError):
         return None
     if len(found) < 2 or not all(found.values()):
         return None  # not a usable dataset: loading it gives the precise error
     return sum(len(v) for v in found.values()), len(found)
 
 
-def _scan_class_folders(root: Path, ignored: list[str] | None = None) -> dict[str, list[Path]]:
-    """{class: its image files}; files that are not images by their extension go to `ignored` (OS files such
-    as .DS_Store and Thumbs.db do not)."""
+_NUMBERED = re.compile(r"[\s._-]*\(?\d+\)?$")  # the numbering after a class name: ".123", "_10", " (2)"
+
+
+def class_from_file_name(name: str) -> str | None:
+    """The class a numbered file name gives: 'cat.123.jpg' -> 'cat' (Kaggle's dogs-vs-cats), 'american_bulldog_10.png'
+    -> 'american_bulldog' (Oxford pets), 'dog (2).jpg' -> 'dog'; None for a name without a class (one with a
+    letter) before its number: '0001.jpg', '12.5.png', 'cat.jpg'."""
+    stem = Path(name).stem
+    label = _NUMBERED.sub("", stem)
+    return label if label != stem and re.search(r"[^\W\d_]", label) else None  # a class name has a letter
+
+
+def _scan_class_folders(root: Path, ignored: list[str] | None = None) -> tuple[dict[str, list[Path]], bool]:
+    """({class: its image files}, whether the classes came from file names).
+
+    Classes are root's subfolders; a root with no subfolders but numbered image files (cat.0.jpg, dog.1.jpg)
+    takes its classes from the file names. Files that are not images by their extension go to `ignored`
+    (operating-system files such as .DS_Store and Thumbs.db do not)."""
+    def keep(p: Path) -> bool:
+        if not (p.is_file() or p.is_symlink()):  # a broken or looping symlink is reported, not silently dropped
+            return False
+        if images.is_image_file(p):
+            return True
+        if ignored is not None and not p.name.startswith(".") and p.name.lower() not in images.IGNORED_NAMES:
+            ignored.append(str(p))
+        return False
+
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    found = {}
-    for d in classes:
-        files = []
-        for p in sorted(d.rglob("*")):
-            if not (p.is_file() or p.is_symlink()):  # a broken or looping symlink is reported, not silently dropped
-                continue
-            if images.is_image_file(p):
-                files.append(p)
-            elif ignored is not None and not p.name.startswith(".") and p.name.lower() not in images.IGNORED_NAMES:
-                ignored.append(str(p))
-        found[d.name] = files
-    return found
+    if classes:
+        return {d.name: [p for p in sorted(d.rglob("*")) if keep(p)] for d in classes}, False
+    found: dict[str, list[Path]] = {}
+    for p in sorted(root.iterdir()):
+        if keep(p):
+            name = class_from_file_name(p.name)
+            if name is None:
+                raise DataError(f"{p}: no class subfolders in {root}, and this file name does not start with its class"
+                                " — name the files <class>.<number> (cat.0.jpg, dog.0.jpg) or put them in one folder per class")
+            found.setdefault(name, []).append(p)
+    return dict(sorted(found.items())), bool(found)
 
 
 def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: float, stream: bool | None = False,
@@ -295,10 +320,24 @@ def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: f
     if not split_roots:
         split_roots = {"train": root}
     ignored: list[str] = []
-    scanned = {s: _scan_class_folders(r, ignored) for s, r in split_roots.items()}
+    scanned, by_name = {}, False
+    for split, r in split_roots.items():
+        scanned[split], named = _scan_class_folders(r, ignored)
+        by_name = by_name or named
     class_names = sorted(scanned["train"])
     if not class_names:
         raise DataError(f"{split_roots['train']}: no class subfolders — put images in one folder per class, e.g. cats/ and dogs/")
+    if by_name and len(class_names) < 2:
+        raise DataError(f"{split_roots['train']}: no class subfolders, and the file names give one class ({class_names[0]!r})"
+                        " — put images in one folder per class, e.g. cats/ and dogs/, or name them cat.0.jpg, dog.0.jpg")
+    notes = []
+    if by_name:
+        counts = ", ".join(f"{name} {len(files)}" for name, files in scanned["train"].items())
+        notes.append(f"classes from the file names (no class subfolders): {counts}")
+    if ignored:
+        exts = Counter(Path(p).suffix.lower() or "(no extension)" for p in ignored)
+        kinds = ", ".join(f"{n} {e}" for e, n in exts.most_common(4)) + (", …" if len(exts) > 4 else "")
+        notes.append(f"left out {len(ignored)} file(s) that are not images ({kinds}) — `cnnlab data check {root} --show-ignored` lists them")
     for split, found in scanned.items():
         for name, files in found.items():
             if not files:
@@ -328,7 +367,7 @@ def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: f
             f"{len(bad)} of {total} images are unreadable (more than max_bad_fraction={max_bad_fraction:g}), first: {path}: {reason}"
             " — remove or fix them, or raise --max-bad-fraction"
         )
-    return _check_classes(Dataset(str(root), class_names, splits, bad, source_format="image-folder", ignored_files=ignored))
+    return _check_classes(Dataset(str(root), class_names, splits, bad, source_format="image-folder", ignored_files=ignored, notes=notes))
 
 
 def _parse_options(spec: str, allowed: dict[str, type]) -> dict:

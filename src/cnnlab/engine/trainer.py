@@ -266,8 +266,8 @@ def fit(
         rd.write_json(run / "run.json", run_info)
     if reader.streamed:
         progress.print(f"streaming {n:,} training images from disk, {reader.workers} decoding worker process(es)")
-    if main and dataset.ignored_files:
-        progress.print(dataset.ignored_note())
+    for note in dataset.notes if main else ():
+        progress.print(note)
 
     def eval_model() -> nn.Module:
         return ema.module if ema is not None else model
