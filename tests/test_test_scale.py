@@ -108,3 +108,35 @@ def test_train_records_the_auto_scale_and_cli_flag(cli, tmp_path):
     assert not (tmp_path / "seed" / "model.safetensors").exists()
     r = cli("train", "--data", data, *common, "--test-scale", "0.5", "--out", tmp_path / "small")
     assert r.code == 2 and "test_scale" in r.err
+
+
+def test_tta_averages_mirrors_at_the_trained_size_and_the_test_scale(cli, tmp_path):
+    from PIL import Image
+
+    from cnnlab.engine.model_file import load_model_file
+
+    data = tmp_path / "imgs"
+    write_image_folder(data / "train", n_per_class=8, size=32)
+    write_image_folder(data / "test", n_per_class=3, size=32)
+    r = cli("train", "--data", data, "--model", "resnet9", "--model-arg", "width=8", "--image-size", "32", "--epochs", "1",
+            "--batch-size", "16", "--test-scale", "1.5", "--out", tmp_path / "run")
+    assert r.code == 0, r
+    assert "flip TTA at 2 scales" in r.out
+    model, meta = load_model_file(tmp_path / "run")
+    img = next((data / "test" / "circle").glob("*.png"))
+    u8 = np.asarray(Image.open(img).convert("RGB"))
+    norm = meta["normalization"]
+    x = torch.tensor(u8, dtype=torch.float32).permute(2, 0, 1)[None] * norm["scale"]
+    x = (x - torch.tensor(norm["mean"]).view(1, -1, 1, 1)) / torch.tensor(norm["std"]).view(1, -1, 1, 1)
+    model.eval()
+    with torch.no_grad():  # by hand: the plain net at 32 px and on a bicubic 48 px enlargement, each with its mirror
+        views = [v for v in (x, F.interpolate(x, size=(48, 48), mode="bicubic", align_corners=False)) for v in (v, v.flip(3))]
+        model.test_scale = 1.0
+        logits = torch.stack([model(v) for v in views]).mean(0)
+    p = torch.softmax(logits, 1)[0] if logits.shape[1] > 1 else torch.sigmoid(logits[0, 0]).reshape(1)
+    want = float(p.max()) if p.numel() > 1 else max(float(p[0]), 1 - float(p[0]))
+    r = cli("predict", tmp_path / "run", img, "--json", "--tta")
+    assert r.code == 0, r
+    assert json.loads(r.out)[0]["probability"] == pytest.approx(want, abs=1e-5)
+    plain = json.loads(cli("predict", tmp_path / "run", img, "--json").out)[0]["probability"]
+    assert plain != pytest.approx(want, abs=1e-5)  # the scales matter: without --tta it is one view at 48 px

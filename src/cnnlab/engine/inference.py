@@ -59,10 +59,25 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits (float32, on CPU) for a uint8 (N, H, W, C) array, in eval mode.
 
-    tta: test-time augmentation — average the logits of each image and its horizontal mirror.
+    tta: test-time augmentation — average the logits of each image and its horizontal mirror, at each of
+    tta_scales(model).
     """
     xt = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
     return _logits(model, (xt[i : i + batch_size] for i in range(0, len(xt), batch_size)), norm, device, precision, tta)
+
+
+def tta_scales(model: nn.Module) -> tuple[float | None, ...]:
+    """The eval-time input scales test-time augmentation averages over (each with its mirror): a model that
+    enlarges its eval inputs (test_scale s > 1, from training on random resized crops) is scored both at the
+    size it trained at and enlarged by s — on cats vs dogs the pair beat either scale alone on the runs'
+    validation images (docs/recipes.md); (None,): the model as it is."""
+    s = getattr(getattr(model, "module", model), "test_scale", 1.0)
+    return (1.0, s) if s != 1.0 else (None,)
+
+
+def tta_label(model: nn.Module) -> str:
+    """How test-time augmentation scores with this model, in words."""
+    return "flip TTA at 2 scales" if len(tta_scales(model)) > 1 else "flip TTA"
 
 
 def _logits(model: nn.Module, batches, norm: dict, device: torch.device, precision: str, tta: bool) -> torch.Tensor:
@@ -71,15 +86,25 @@ def _logits(model: nn.Module, batches, norm: dict, device: torch.device, precisi
     model.eval()
     outs = []
     try:
+        net = getattr(model, "module", model)  # the network itself, inside a DDP wrapper
+        scales = tta_scales(model) if tta else (None,)
+        kept = getattr(net, "test_scale", None)
         for xb_u8 in batches:
             with autocast(device, precision):
                 xb = to_input(xb_u8, norm, device)
-                out = model(xb).float()
-                if tta:
-                    out = (out + model(xb.flip(3)).float()) / 2
+                out = 0
+                for scale in scales:
+                    if scale is not None:
+                        net.test_scale = scale
+                    out = out + model(xb).float()
+                    if tta:
+                        out = out + model(xb.flip(3)).float()
+                out = out / (len(scales) * (2 if tta else 1))
                 outs.append(out.cpu())
     finally:
         model.train(was_training)
+        if kept is not None:
+            net.test_scale = kept
     if not outs:
         return torch.empty(0, 1)
     return torch.cat(outs)

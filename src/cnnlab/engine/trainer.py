@@ -31,7 +31,8 @@ from cnnlab.engine import run_dir as rd
 from cnnlab.engine.checkpoint import save_checkpoint
 from cnnlab.engine.device import autocast, cpu_description, resolve_device, resolve_precision
 from cnnlab.engine.ema import ModelEMA
-from cnnlab.engine.inference import evaluate_arrays, evaluate_on_split, loss_fn, predicted_class, probabilities, to_input
+from cnnlab.engine.inference import (evaluate_arrays, evaluate_on_split, loss_fn, predicted_class, probabilities, to_input,
+                                    tta_label, tta_scales)
 from cnnlab.engine.model_file import model_metadata, save_model_file
 from cnnlab.engine.schedule import LrSchedule
 from cnnlab.errors import CnnlabError, ConfigError, TrainingError
@@ -295,7 +296,7 @@ def fit(
     # The time budget covers the whole run: loading (and the auto recipe's speed probe, both in load_seconds),
     # training, validation, and a reserve for the final test score and the files written at the end.
     n_test = len(dataset.splits["test"]) if "test" in dataset.splits else 0
-    test_passes = 2 if cfg.tta else 1
+    test_passes = 2 * len(tta_scales(model)) if cfg.tta else 1
     tail_s = 4.5  # ~3 s for the files and plots written at the end, ~1.5 s for the interpreter's exit
     reserve = [tail_s]  # + the test score's estimated time, once measured
     budget_used_before = dist_ctx.broadcast_number((load_seconds or 0.0) + spent_seconds) if cfg.time_budget is not None else 0.0
@@ -484,7 +485,7 @@ def fit(
     # A stop signal during the final writes (a few seconds) is noted and the run completes: the handlers stay
     # installed until the model file and run.json are written, so the run never ends half-finished.
     try:
-        # ---- finished: score the test split (with flip TTA when cfg.tta), write model file, plots and run.json
+        # ---- finished: score the test split (with TTA when cfg.tta: inference.tta_scales), write model file, plots and run.json
         model = eval_model()
         t_eval = time.perf_counter()
         test = None
@@ -494,7 +495,7 @@ def fit(
             test = {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": "test", "tta": bool(cfg.tta)}
             if main:
                 _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed, ev["index"])
-            progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images{', flip TTA' if cfg.tta else ''})")
+            progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images{', ' + tta_label(model) if cfg.tta else ''})")
         elif has_val:
             ev = score_split(model, val)
             if main:
