@@ -10,7 +10,7 @@ The source folder (one subfolder per class) is split at random into train/ and a
 spread over seeds also covers which images happened to be held out — 400 held-out images alone carry a
 sampling error of about 1.5 points that a fixed split repeats in every run.
 Each seed then runs `cnnlab train --data SPLIT --seed S` as a user would, in its own process, and the
-table shows the wall time of the whole command, the held-out accuracy the run reports (flip TTA, the
+table shows the wall time of the whole command, the held-out accuracy the run reports (TTA, the
 default), the final accuracy on its validation images (the 10% of train/ the run split off by itself and
 never trained on or selected with: the saved model is the last epoch's), the model/size/augmentation it
 chose and its epochs; then mean +- std over the seeds.
