@@ -27,7 +27,7 @@ AUGMENTS = ("auto", "none", "light", "standard", "strong")
 
 # The recipe for every model but seed_cnn (which keeps the tutorial's Adam, constant LR, 5 epochs).
 # Measured on 2000 cats/dogs JPEGs at 96 px (docs/recipes.md): AdamW + one-cycle + flip/translate +
-# label smoothing + flip TTA beats SGD and plain Adam clearly within a few CPU minutes.
+# label smoothing + TTA beats SGD and plain Adam clearly within a few CPU minutes.
 SEED_RECIPE = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                "label_smoothing": 0.0, "augment": "none", "tta": False}
 ZOO_RECIPE = {"batch_size": 64, "lr": 3e-3, "optimizer": "adamw", "schedule": "onecycle", "weight_decay": 0.05,

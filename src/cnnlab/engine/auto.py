@@ -13,7 +13,7 @@ It chooses from the data and the time budget, and says what it chose (config.yam
 - batch size: 32 for training sets of up to ``SMALL_DATA`` images (twice the optimizer steps in the same
   epochs; on cats/dogs it won 4 of 4 paired runs against 64 at about the same speed, docs/recipes.md),
   64 for larger ones. The size is chosen from the speed at batch 64 (or a smaller --batch-size).
-Everything else is the zoo recipe (AdamW, one-cycle, label smoothing, flip TTA; config.ZOO_RECIPE).
+Everything else is the zoo recipe (AdamW, one-cycle, label smoothing, TTA; config.ZOO_RECIPE).
 An explicit --model, --image-size, --train-size, --aug or --batch-size is always kept.
 """
 
