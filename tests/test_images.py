@@ -507,7 +507,7 @@ def test_heic_without_pi_heif_names_the_package(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_pi_heif)
-    monkeypatch.setattr(images, "_heif", {"registered": False, "available": None})
+    monkeypatch.setattr(images, "_heif_available", None)
     monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k != "HEIF"})  # as if never registered
     monkeypatch.setattr(Image, "ID", [k for k in Image.ID if k != "HEIF"])
     with pytest.raises(ImageReadError) as e:

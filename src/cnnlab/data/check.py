@@ -43,8 +43,7 @@ class CheckReport:
 
 def _ignore_reason(p: Path) -> str | None:
     """Why a file under a class folder is not an image candidate (None: it is one)."""
-    name = p.name
-    if name.startswith(".") or name.lower() in images.IGNORED_NAMES:
+    if images.is_os_file(p.name):
         return "operating-system file, ignored"
     if p.suffix.lower() not in images.IMAGE_EXTENSIONS:
         return f"extension {p.suffix or '(none)'} is not an image type, ignored"
@@ -101,8 +100,7 @@ def check_image_folder(root: Path, channels: int = 3) -> CheckReport:
     if not rep.classes:
         raise DataError(f"{root}: no class subfolders — put images in one folder per class, e.g. cats/ and dogs/")
     _, ok, bad = images.load_images([p for _, p in candidates], (CHECK_SIZE, CHECK_SIZE), channels=channels)
-    rep.images = len(candidates)
-    rep.images += len(unnamed)
+    rep.images = len(candidates) + len(unnamed)
     rep.bad = sorted(bad + unnamed)
     for i in ok:
         rep.splits[candidates[i][0]] = rep.splits.get(candidates[i][0], 0) + 1

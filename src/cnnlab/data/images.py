@@ -53,7 +53,7 @@ HEIF_EXTENSIONS = {".heic", ".heif", ".hif"}
 MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb cap (Pillow's own warning starts at ~89 M)
 
 # Files that carry an image extension but are never images (OS metadata).
-IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+_IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
 # Pillow's bomb check emits a *warning* from Image.open; we capture it with
 # warnings.catch_warnings, which swaps process-global state, so Image.open (header only, cheap)
@@ -149,7 +149,7 @@ def _open_checked(path, max_pixels: int | None) -> Image.Image:
     return im
 
 
-_heif = {"registered": False, "available": None}
+_heif_available: bool | None = None  # None: pi-heif not tried yet in this process
 
 
 def register_heif() -> bool:
@@ -157,15 +157,16 @@ def register_heif() -> bool:
 
     Not done at import: pi-heif's import takes 0.2-0.7 s, which every command would pay for a format
     most folders never hold."""
-    if _heif["available"] is None:
+    global _heif_available
+    if _heif_available is None:
         try:
             import pi_heif  # noqa: PLC0415
         except ImportError:
-            _heif["available"] = False
+            _heif_available = False
         else:
             pi_heif.register_heif_opener()
-            _heif["available"] = _heif["registered"] = True
-    return bool(_heif["available"])
+            _heif_available = True
+    return _heif_available
 
 
 def pillow_open(fp) -> Image.Image:
@@ -173,8 +174,8 @@ def pillow_open(fp) -> Image.Image:
     try:
         return Image.open(fp)
     except UnidentifiedImageError:
-        if _heif["registered"] or not _looks_like_heif(fp) or not register_heif():
-            raise
+        if _heif_available is not None or not _looks_like_heif(fp) or not register_heif():
+            raise  # a real HEIF opener (or none to be had) already failed on it
     if hasattr(fp, "seek"):
         fp.seek(0)
     return Image.open(fp)
@@ -487,9 +488,14 @@ def is_image_file(path) -> bool:
     are never images. Only the name is looked at; the file is not opened.
     """
     name = Path(os.fspath(path)).name
-    if not name or name.startswith(".") or name.lower() in IGNORED_NAMES:
+    if not name or is_os_file(name):
         return False
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_os_file(name: str) -> bool:
+    """Hidden files and the operating system's metadata (.DS_Store, ._x.jpg, Thumbs.db, desktop.ini)."""
+    return name.startswith(".") or name.lower() in _IGNORED_NAMES
 
 
 def filter_image_files(paths: Iterable) -> list:

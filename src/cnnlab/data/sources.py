@@ -294,7 +294,7 @@ def _scan_class_folders(root: Path, ignored: list[str] | None = None) -> tuple[d
             return False
         if images.is_image_file(p):
             return True
-        if ignored is not None and not p.name.startswith(".") and p.name.lower() not in images.IGNORED_NAMES:
+        if ignored is not None and not images.is_os_file(p.name):
             ignored.append(str(p))
         return False
 

@@ -267,8 +267,9 @@ def fit(
         rd.write_json(run / "run.json", run_info)
     if reader.streamed:
         progress.print(f"streaming {n:,} training images from disk, {reader.workers} decoding worker process(es)")
-    for note in dataset.notes if main else ():
-        progress.print(note)
+    if main:
+        for note in dataset.notes:
+            progress.print(note)
 
     def eval_model() -> nn.Module:
         return ema.module if ema is not None else model
