@@ -45,3 +45,36 @@ def test_a_split_per_run_trains_each_seed_on_its_own_split_and_reports_both_accu
 def test_a_bad_split_seed_is_a_usage_error(tmp_path, capsys):
     assert main(["--source", str(tmp_path), "--split-seed", "each"]) == 2
     assert "--split-seed each" in capsys.readouterr().err
+
+
+def test_k_folds_hold_out_every_image_exactly_once_with_equal_parts_per_class(tmp_path):
+    source = write_image_folder(tmp_path / "src", n_per_class=10, size=16)
+    tests = []
+    for j in range(3):
+        split_folder(source, tmp_path / f"f{j}", 0, seed=7, fold=(j, 3))
+        parts = listing(tmp_path / f"f{j}")
+        assert not parts["train"] & parts["test"] and len(parts["train"] | parts["test"]) == 20
+        per_class = [sum(n.startswith(c) for n in parts["test"]) for c in ("circle/", "square/")]
+        assert per_class == [[3, 3], [3, 3], [4, 4]][j]
+        tests.append(parts["test"])
+    assert sorted(n for t in tests for n in t) == sorted(listing(tmp_path / "f0")["train"] | tests[0])
+    assert sum(len(t) for t in tests) == 20
+
+
+def test_folds_run_one_seed_per_fold_and_pool_the_whole_source(tmp_path, capsys):
+    source = write_image_folder(tmp_path / "src", n_per_class=8, size=24)
+    code = main(["--source", str(source), "--folds", "2", "--keep", str(tmp_path / "runs"),
+                 "--", "--model", "resnet9", "--epochs", "1", "--image-size", "32"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "seed" not in line]
+    accs = [float(r[2].strip().rstrip("%")) for r in rows]
+    assert [r[0].strip() for r in rows] == ["0", "1"]
+    pooled = float(out.split("pooled accuracy ")[1].split("%")[0])
+    assert abs(pooled - sum(accs) / 2) < 0.11 and "of 16 images" in out  # equal folds: the pooled mean is the mean
+
+
+def test_folds_need_one_seed_per_fold(tmp_path, capsys):
+    assert main(["--source", str(tmp_path), "--folds", "3", "--seeds", "0,1"]) == 2
+    assert "--folds 3" in capsys.readouterr().err
+    assert main(["--source", str(tmp_path), "--folds", "1"]) == 2
