@@ -166,3 +166,22 @@ def test_training_says_which_files_it_left_out_as_not_images(cli, tmp_path):
     assert note.startswith("left out 3 file(s) that are not images (") and f"cnnlab data check {root} --show-ignored" in note
     assert all(e in note for e in ("1 .csv", "1 .txt", "1 .psd")), note
     assert "left out" not in cli("train", "--model", "seed_cnn", "--data", root, "--epochs", "1", "--out", tmp_path / "q", "--quiet").out
+
+
+def test_hidden_folders_inside_class_folders_are_not_read(cli, tmp_path):
+    """Thumbnail caches and notebook checkpoints (.thumbnails/, .ipynb_checkpoints/) are not training images."""
+    root = write_image_folder(tmp_path / "pets", n_per_class=6, size=24)
+    for hidden in (root / "circle" / ".thumbnails", root / "square" / "sub" / ".ipynb_checkpoints"):
+        hidden.mkdir(parents=True)
+        Image.new("RGB", (24, 24), "red").save(hidden / "thumb.png")
+        (hidden / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # would be a bad file if read
+    Image.new("RGB", (24, 24), "blue").save(root / "square" / "sub" / "kept.png")  # a plain subfolder is read
+    r = cli("train", "--model", "seed_cnn", "--data", root, "--epochs", "1", "--out", tmp_path / "run")
+    assert r.code == 0, r
+    info = json.loads((tmp_path / "run" / "run.json").read_text())["dataset"]
+    assert info["splits"]["train"] + info["splits"]["val"] == 13 and info["bad_files"] == 0
+    rep = json.loads(cli("data", "check", root, "--json").out)
+    assert rep["images"] == 13 and rep["bad"] == []
+    r = cli("predict", tmp_path / "run", root / "square", "--json")
+    assert r.code == 0, r
+    assert sorted(Path(item["path"]).name for item in json.loads(r.out))[-1] == "kept.png" and len(json.loads(r.out)) == 7

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.data import images
-from cnnlab.data.sources import SPLIT_DIRS, class_from_file_name, load_dataset
+from cnnlab.data.sources import SPLIT_DIRS, class_from_file_name, load_dataset, walk_files
 from cnnlab.errors import DataError
 
 CHECK_SIZE = 32  # decode every image fully (truncation shows only then), resized small to save memory
@@ -50,17 +50,6 @@ def _ignore_reason(p: Path) -> str | None:
     return None
 
 
-def _walk(folder: Path) -> list[Path]:
-    """Every non-directory entry below `folder`, without following directory symlinks (no loops)."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=None):
-        d = Path(dirpath)
-        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-        out.extend(d / n for n in sorted(filenames))
-        out.extend(d / n for n in dirnames if (d / n).is_symlink())  # a linked folder: reported, not entered
-    return sorted(out)
-
-
 def check_image_folder(root: Path, channels: int = 3) -> CheckReport:
     rep = CheckReport(str(root), "image-folder")
     split_roots = {s: root / s for s in SPLIT_DIRS if (root / s).is_dir()} or {"train": root}
@@ -88,7 +77,7 @@ def check_image_folder(root: Path, channels: int = 3) -> CheckReport:
                     rep.ignored.append((str(entry), "file outside any class folder, ignored"))
                 continue
             classes.add(entry.name)
-            for p in _walk(entry):
+            for p in walk_files(entry):
                 why = _ignore_reason(p)
                 if why is not None:
                     rep.ignored.append((str(p), why))

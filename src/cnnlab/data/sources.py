@@ -283,6 +283,18 @@ def class_from_file_name(name: str) -> str | None:
     return label if label != stem and re.search(r"[^\W\d_]", label) else None  # a class name has a letter
 
 
+def walk_files(folder: Path) -> list[Path]:
+    """Every non-directory entry below `folder`, sorted, without entering hidden folders (.thumbnails,
+    .ipynb_checkpoints) or following folder symlinks (no loops); a linked folder is listed itself."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=None):
+        d = Path(dirpath)
+        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
+        out.extend(d / n for n in sorted(filenames))
+        out.extend(d / n for n in dirnames if (d / n).is_symlink())  # a linked folder: reported, not entered
+    return sorted(out)
+
+
 def _scan_class_folders(root: Path, ignored: list[str] | None = None) -> tuple[dict[str, list[Path]], bool]:
     """({class: its image files}, whether the classes came from file names).
 
@@ -300,7 +312,7 @@ def _scan_class_folders(root: Path, ignored: list[str] | None = None) -> tuple[d
 
     classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if classes:
-        return {d.name: [p for p in sorted(d.rglob("*")) if keep(p)] for d in classes}, False
+        return {d.name: [p for p in walk_files(d) if keep(p)] for d in classes}, False
     found: dict[str, list[Path]] = {}
     for p in sorted(root.iterdir()):
         if keep(p):

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from cnnlab.data import images
+from cnnlab.data.sources import walk_files
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.inference import predict_logits, probabilities
 from cnnlab.engine.model_file import load_model_file
@@ -70,12 +71,12 @@ class Classifier:
 
 
 def expand_image_paths(inputs: list[str | Path]) -> list[Path]:
-    """Files as given; folders expanded to their image files (recursive, sorted)."""
+    """Files as given; folders expanded to their image files (recursive, sorted, hidden folders skipped)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and images.is_image_file(f))
+            found = [f for f in walk_files(p) if f.is_file() and images.is_image_file(f)]
             if not found:
                 raise DataError(f"{p}: folder holds no images (jpg, png, webp, heic, avif, …: other files are left out)")
             out.extend(found)
