@@ -289,8 +289,8 @@ def walk_files(folder: Path) -> list[Path]:
     out = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=None):
         d = Path(dirpath)
-        dirnames[:] = sorted(n for n in dirnames if not n.startswith("."))
-        out.extend(d / n for n in sorted(filenames))
+        dirnames[:] = [n for n in dirnames if not n.startswith(".")]
+        out.extend(d / n for n in filenames)
         out.extend(d / n for n in dirnames if (d / n).is_symlink())  # a linked folder: reported, not entered
     return sorted(out)
 
