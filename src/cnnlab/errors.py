@@ -33,6 +33,11 @@ class ModelError(CnnlabError):
     """An unknown model, a bad model file or an architecture/input mismatch."""
 
 
+class DownloadError(CnnlabError):
+    """Pretrained weights or a public dataset could not be fetched or failed its checksum (names each URL and
+    where to place the file by hand)."""
+
+
 class TrainingError(CnnlabError):
     """Training cannot continue (e.g. non-finite loss); exit code 1, the checkpoint stays."""
 
