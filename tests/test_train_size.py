@@ -137,14 +137,14 @@ def test_auto_plan_matches_the_image_size_to_the_crops(monkeypatch):
 
     monkeypatch.setattr(auto, "images_per_second", no_probe)
     # image folders: --train-size 80 loads the images at the size matched to the crops, 80 / sqrt(0.6) = 103 -> 96 px
-    p = auto.plan(TrainConfig(data="x", train_size=80), 1440, None, 2, 3)
+    p = auto.plan(TrainConfig(data="x", pretrained=False, train_size=80), 1440, None, 2, 3)
     assert (p.cfg.train_size, p.cfg.image_size, p.cfg.augment) == (80, 96, "standard")
     assert p.cfg.image_size == matched_test_size(resolve_ops("standard"), 80)
     assert "80 px crops of 96 px images" in p.note
     # light augmentation (no crops) keeps one size
-    p = auto.plan(TrainConfig(data="x", train_size=80, augment="light"), 1440, None, 2, 3)
+    p = auto.plan(TrainConfig(data="x", pretrained=False, train_size=80, augment="light"), 1440, None, 2, 3)
     assert (p.cfg.train_size, p.cfg.image_size) == (None, 80)
     # an asked-for image size is kept as it is, and fixed-size data keeps its size
     monkeypatch.setattr(auto, "images_per_second", lambda size, *a, **k: 400.0 * (64 / size) ** 2)
-    assert auto.plan(TrainConfig(data="x", image_size=48), 1440, None, 2, 3).cfg.train_size is None
-    assert auto.plan(TrainConfig(data="x"), 1000, (100, 100), 2, 3).cfg.train_size is None
+    assert auto.plan(TrainConfig(data="x", pretrained=False, image_size=48), 1440, None, 2, 3).cfg.train_size is None
+    assert auto.plan(TrainConfig(data="x", pretrained=False), 1000, (100, 100), 2, 3).cfg.train_size is None

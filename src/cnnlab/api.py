@@ -45,10 +45,13 @@ def load_dataset(spec: str | Path, **options: Any) -> Dataset:
 
 
 def create_model(name: str, data: Dataset | None = None, *, num_classes: int | None = None, in_channels: int | None = None,
-                 image_size: int | tuple[int, int] | None = None, seed: int | None = None, **model_args: Any) -> nn.Module:
+                 image_size: int | tuple[int, int] | None = None, seed: int | None = None, pretrained: bool = False,
+                 weights: str | None = None, **model_args: Any) -> nn.Module:
     """Build a registered model, sized for `data` (classes, channels, image size) unless given explicitly.
 
     `seed` makes the initial weights reproducible (training by name seeds them with the run's seed).
+    `pretrained=True` starts from the model's default ImageNet weights (`weights`: a catalogued weight set or a
+    file, see `cnnlab models --pretrained`); the new head is sized for the classes.
     """
     if seed is not None:
         import torch
@@ -61,13 +64,19 @@ def create_model(name: str, data: Dataset | None = None, *, num_classes: int | N
         image_size = image_size or (h, w)
     if num_classes is None:
         raise ModelError("create_model needs a dataset or num_classes")
-    return models.create_model(name, num_classes, in_channels or 3, image_size or (100, 100), **model_args)
+    model = models.create_model(name, num_classes, in_channels or 3, image_size or (100, 100), **model_args)
+    if pretrained or weights:
+        from cnnlab.models.pretrained import load_pretrained
+
+        load_pretrained(model, weights)
+    return model
 
 
 def model_for_config(cfg: TrainConfig, ds: Dataset, seed: int | None = None) -> nn.Module:
-    """The registry model a config trains on `ds` (its model arguments, and its training size if set)."""
+    """The registry model a config trains on `ds` (its model arguments, and its training size if set), starting
+    from pretrained weights when the config asks for them."""
     extra = {"train_size": cfg.train_size} if cfg.train_size else {}
-    return create_model(cfg.model, ds, seed=seed, **cfg.model_args, **extra)
+    return create_model(cfg.model, ds, seed=seed, pretrained=cfg.uses_pretrained, weights=cfg.weights, **cfg.model_args, **extra)
 
 
 def list_models() -> list[str]:
@@ -139,7 +148,9 @@ def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool, load: bool =
     t0 = time.perf_counter()
     if folder is not None:  # choose the size first, then decode the images once at that size
         n, k = folder
-        plan = auto.plan(cfg, int(n * (1 - cfg.val_split)), None, k, cfg.channels or 3)
+        n_test = (image_folder_counts(str(Path(cfg.data).expanduser() / "test")) or (0, 0))[0]
+        n_train = int(n * (1 - cfg.val_split))
+        plan = auto.plan(cfg, n_train, None, k, cfg.channels or 3, n_eval=n - n_train + n_test)
         if not load:
             return plan, None
         ds = dataset_for_config(plan.cfg)
@@ -149,7 +160,8 @@ def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool, load: bool =
             ds = dataset_for_config(cfg)
         t0, loaded_in = time.perf_counter(), getattr(ds, "load_seconds", None) or 0.0
         h, w, c = ds.image_shape
-        plan = auto.plan(cfg, len(ds.train), (h, w), ds.num_classes, c)
+        n_eval = sum(len(v) for name, v in ds.splits.items() if name != "train")
+        plan = auto.plan(cfg, len(ds.train), (h, w), ds.num_classes, c, n_eval=n_eval)
         size = plan.cfg.image_size
         if size is not None and (h, w) != (size, size):
             splits = {name: v.resized(size) if isinstance(v, StreamSplit) else Split(resize_images(v.x, size), v.y, v.paths)

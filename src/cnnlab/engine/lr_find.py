@@ -20,6 +20,7 @@ from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_ta
 from cnnlab.data.loader import BatchReader
 from cnnlab.engine.device import autocast, resolve_device, resolve_precision
 from cnnlab.engine.inference import to_input
+from cnnlab.engine.model_file import default_normalization
 from cnnlab.engine.trainer import build_optimizer, epoch_order, train_loss
 from cnnlab.errors import ConfigError
 
@@ -35,7 +36,7 @@ def lr_range_test(model: torch.nn.Module, dataset, cfg: TrainConfig, start_lr: f
     precision = resolve_precision(cfg.precision, device, model)
     h, w, c = dataset.image_shape
     augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args), training_size(cfg.train_size, (h, w)))
-    norm = {"scale": 1 / 255, "mean": [0.0] * c, "std": [1.0] * c}
+    norm = getattr(model, "cnnlab_normalization", None) or default_normalization(c)  # a pretrained model's own statistics
     reader = BatchReader(dataset.train)  # streamed folders: worker processes decode the batches
     n, bs, k = len(dataset.train), cfg.batch_size, dataset.num_classes
     model.to(device).train()
@@ -119,6 +120,8 @@ def add_commands(subparsers, data_subparsers) -> None:
     _add_data_options(p, defaults=True)
     p.add_argument("--model", default="seed_cnn")
     p.add_argument("--model-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE", dest="model_args")
+    p.add_argument("--pretrained", action="store_true", help="start from the model's ImageNet weights (the LRs of fine-tuning)")
+    p.add_argument("--weights", metavar="NAME|FILE", help="start from these weights (implies --pretrained)")
     p.add_argument("--optimizer", choices=("auto", "adamw", "sgd", "adam"), default="auto")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--start-lr", type=float, default=1e-6)
@@ -135,6 +138,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     from cnnlab.cli import _data_options, _need_data
 
     cfg = TrainConfig(data=_need_data(args), model=args.model, model_args=dict(args.model_args), optimizer=args.optimizer,
+                      pretrained=args.pretrained or None, weights=args.weights,
                       batch_size=args.batch_size, seed=args.seed, **_data_options(args)).validate()
     ds = api.dataset_for_config(cfg)
     model = api.model_for_config(cfg, ds, seed=cfg.seed)

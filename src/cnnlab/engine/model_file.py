@@ -26,7 +26,11 @@ REQUIRED = ("model", "model_args", "class_names", "input_shape", "normalization"
 
 
 def model_metadata(model: nn.Module, class_names: list[str], input_shape: tuple[int, int, int], **extra: Any) -> dict:
-    """input_shape is (C, H, W)."""
+    """input_shape is (C, H, W). The normalisation is the model's own when it has one (pretrained weights expect the
+    statistics they were trained with: models/pretrained.py), else 0-1 scaling; `pretrained` says where its
+    starting weights came from."""
+    pretrained = getattr(model, "cnnlab_pretrained", None)
+    norm = getattr(model, "cnnlab_normalization", None) or default_normalization(input_shape[0])
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -35,10 +39,16 @@ def model_metadata(model: nn.Module, class_names: list[str], input_shape: tuple[
         "model_args": dict(model.cnnlab_args),
         "class_names": list(class_names),
         "input_shape": list(input_shape),
-        "normalization": {"scale": 1 / 255, "mean": [0.0] * input_shape[0], "std": [1.0] * input_shape[0]},
+        "normalization": dict(norm),
         "resize": "squash",
+        **({"pretrained": {k: v for k, v in pretrained.items() if k != "file"}} if pretrained else {}),
         **extra,
     }
+
+
+def default_normalization(channels: int) -> dict:
+    """Pixels scaled to 0-1, no mean/std shift: what models trained from scratch here see."""
+    return {"scale": 1 / 255, "mean": [0.0] * channels, "std": [1.0] * channels}
 
 
 def save_model_file(path: str | Path, model: nn.Module, meta: dict) -> None:
@@ -129,4 +139,7 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     except (RuntimeError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0][:160]
         raise ModelError(f"{p}: weights do not match architecture {meta['model']!r} ({first})") from None
+    model.cnnlab_normalization = dict(meta["normalization"])  # kept if the model is trained on or saved again
+    if isinstance(meta.get("pretrained"), dict):
+        model.cnnlab_pretrained = dict(meta["pretrained"])
     return model.to(device).eval(), meta

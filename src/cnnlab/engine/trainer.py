@@ -30,6 +30,7 @@ from cnnlab.engine import distributed as ddp
 from cnnlab.engine import run_dir as rd
 from cnnlab.engine.checkpoint import save_checkpoint
 from cnnlab.engine.device import autocast, cpu_description, resolve_device, resolve_precision
+from cnnlab.engine import finetune
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.inference import (evaluate_arrays, evaluate_on_split, loss_fn, predicted_class, probabilities, to_input,
                                     tta_label, tta_scales)
@@ -38,6 +39,11 @@ from cnnlab.engine.schedule import LrSchedule
 from cnnlab.errors import CnnlabError, ConfigError, TrainingError
 from cnnlab.insight import plots
 from cnnlab.models._registry import set_test_scale
+
+
+# The frozen phase trains a linear head on fixed features: a 10x higher LR than fine-tuning the whole net
+# converges it within the few epochs the recipe gives it (docs/recipes.md, "Pretrained backbones").
+FROZEN_HEAD_LR_MULT = 10.0
 
 
 class StopTraining(Exception):
@@ -83,16 +89,25 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """adam | adamw | sgd (Nesterov momentum); 'auto' values are resolved for the model first."""
+    """adam | adamw | sgd (Nesterov momentum); 'auto' values are resolved for the model first. A pretrained model
+    gets discriminative groups: its backbone learns at cfg.backbone_lr times the head's LR (group "lr_scale")."""
     cfg = cfg.resolved()
-    if cfg.optimizer == "adam" and cfg.weight_decay == 0:
+    if cfg.optimizer == "adam" and cfg.weight_decay == 0 and not is_pretrained(model):
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)  # the seed's optimizer, exactly
-    groups = param_groups(model, cfg.weight_decay)
+    if is_pretrained(model):
+        groups = finetune.discriminative_groups(model, cfg.weight_decay, cfg.backbone_lr)
+    else:
+        groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     return torch.optim.Adam(groups, lr=cfg.lr)
+
+
+def is_pretrained(model: nn.Module) -> bool:
+    """Started from pretrained weights (models/pretrained.load_pretrained), with a head to fine-tune."""
+    return getattr(model, "cnnlab_pretrained", None) is not None and hasattr(model, "head_name")
 
 
 def train_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -217,7 +232,10 @@ def fit(
     optimizer = build_optimizer(model, cfg)
     # With a time budget the number of epochs is planned from measured speed (first batches, then each epoch)
     planned_epochs = cfg.epochs
-    schedule = LrSchedule(cfg.schedule, planned_epochs * steps)
+    # pretrained: the first n_frozen epochs train the head on features computed once (engine/finetune.py); the LR
+    # schedule covers the unfrozen epochs after them
+    n_frozen = (cfg.freeze_epochs or 0) if is_pretrained(model) else 0
+    schedule = LrSchedule(cfg.schedule, max(1, planned_epochs - n_frozen) * steps)
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
     history: list[dict] = []
     best = {"accuracy": -1.0, "epoch": 0}
@@ -338,6 +356,29 @@ def fit(
     training_finished = False
     stopping_at_boundary = False  # set when all ranks agreed to stop before a batch: the state there resumes exactly
     try:
+        if n_frozen and start_epoch <= n_frozen:  # pretrained: the head trains on the frozen backbone's features first
+            frozen = _frozen_phase(model, dataset, cfg, augmenter.ops, norm, device, precision, n_frozen, weights, plain_loss, stop_requested, progress)
+            for row in frozen:
+                history.append(row)
+                train_seconds += row["seconds"]
+                progress.end_epoch(row, planned_epochs)
+                if has_val and row["val_accuracy"] > best["accuracy"]:
+                    best = {"accuracy": row["val_accuracy"], "epoch": row["epoch"]}
+                    best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if main:
+                rd.write_metrics_csv(run / "metrics.csv", history)
+            wall_mark = time.perf_counter()
+            start_epoch = n_frozen + 1
+            checkpoint(start_epoch, 0, None)
+            if on_epoch_end is not None:
+                for row in frozen:
+                    on_epoch_end(dict(row))
+            if cfg.time_budget is not None and planned_epochs > n_frozen:
+                left = cfg.time_budget - budget_used_before - reserve[0] - budget_elapsed()
+                if left <= 0:
+                    planned_epochs = n_frozen
+                    stop_reason = f"time budget of {cfg.time_budget:g}s reached after the frozen phase"
+                    progress.print(stop_reason)
         epoch = start_epoch
         while epoch <= planned_epochs:
             t0 = time.perf_counter()
@@ -352,7 +393,7 @@ def fit(
                     stopping_at_boundary = True
                     raise Interrupted(stop)
                 for group in optimizer.param_groups:  # the schedule is a pure function of the global step
-                    group["lr"] = cfg.lr * schedule.factor((epoch - 1) * steps + step)
+                    group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * schedule.factor((epoch - 1 - n_frozen) * steps + step)
                 xb, yb, _ = next(batches)
                 if not len(yb):
                     continue  # every file of this batch failed to decode (streamed data; recorded in bad_files; same on every rank)
@@ -392,7 +433,7 @@ def fit(
                 stats["seen"] += len(idx)
                 progress.step(stats["loss_sum"] / max(stats["seen"], 1), stats["correct"] / max(stats["seen"], 1))
                 # time budget, first epoch: estimate the epoch time from batches 2-5 (batch 1 pays warm-up costs)
-                if cfg.time_budget is not None and epoch == 1 and not history:
+                if cfg.time_budget is not None and epoch == n_frozen + 1 and len(history) == n_frozen:
                     if step == start_step:
                         t_first = time.perf_counter()
                     elif t_first is not None and step == start_step + 4:
@@ -403,8 +444,8 @@ def fit(
                         if est > 1.5 * cfg.time_budget:
                             raise ConfigError(f"--time-budget {cfg.time_budget:g}s is too short for one epoch (about {est:.0f}s here)"
                                               " — raise it, or use a smaller model, image size or dataset")
-                        planned_epochs = plan_epochs(0, est, dist_ctx.broadcast_number(spent_earlier + wall_mark - fit_t0))
-                        schedule.total_steps = planned_epochs * steps
+                        planned_epochs = plan_epochs(n_frozen, est, dist_ctx.broadcast_number(spent_earlier + wall_mark - fit_t0))
+                        schedule.total_steps = max(1, planned_epochs - n_frozen) * steps
             step = steps
             stats["seconds"] += time.perf_counter() - t0
             stats = dist_ctx.reduce_stats(stats)  # summed over ranks: the numbers one process would count
@@ -436,7 +477,7 @@ def fit(
                 # shorten any time; lengthen only in the first half, or extra epochs would run at the schedule's tail LR
                 if replanned < planned_epochs or epoch < planned_epochs / 2:
                     planned_epochs = replanned
-                schedule.total_steps = planned_epochs * steps
+                schedule.total_steps = max(1, planned_epochs - n_frozen) * steps
                 if planned_epochs <= epoch < cfg.epochs:
                     stop_reason = f"time budget of {cfg.time_budget:g}s reached"
             if cfg.patience and has_val and epoch - best["epoch"] >= cfg.patience:
@@ -460,6 +501,9 @@ def fit(
         if main:
             rd.write_json(run / "run.json", run_info)
         why = e.args[0] if isinstance(e, Interrupted) and e.args else "SIGINT"
+        if main and not (run / "last.ckpt").exists():  # e.g. during a pretrained model's feature extraction
+            raise TrainingError(f"training interrupted ({why}) before the first checkpoint — nothing to resume; start the run again"
+                                " (add --overwrite to reuse the run folder)") from None
         raise TrainingError(f"training interrupted ({why}); state saved in {run / 'last.ckpt'} — resume with: {dist_ctx.resume_command(run)}") from None
     except StopTraining:
         progress.stop()
@@ -533,6 +577,42 @@ def fit(
     if stop_requested:
         progress.print(f"{stop_requested[0]} arrived while the finished run was being written; the run completed first")
     return TrainResult(run, model.eval(), meta, history, test)
+
+
+def _frozen_phase(model: nn.Module, dataset: Dataset, cfg: TrainConfig, ops: dict, norm: dict, device, precision: str, n_frozen: int,
+                  weights: torch.Tensor | None, plain_loss: bool, stop_requested: list, progress: "_Progress") -> list[dict]:
+    """Train the new head of a pretrained model for n_frozen epochs on the frozen backbone's features, computed
+    once per image (and its mirror when the augmentation flips); the backbone's weights and BatchNorm statistics
+    stay exactly as loaded. Returns the epochs' metrics rows; the first row's seconds include the extraction."""
+
+    def should_stop() -> None:  # signals stop the extraction between batches
+        if stop_requested:
+            raise Interrupted(stop_requested[0])
+
+    t0 = time.perf_counter()
+    train, val = dataset.train, dataset.splits.get("val")
+    f, y = finetune.pooled_features(model, train, norm, device, precision, should_stop=should_stop)
+    if finetune.mirror_helps(ops):
+        f_m, _ = finetune.pooled_features(model, train, norm, device, precision, mirror=True, should_stop=should_stop)
+        f, y = torch.cat([f, f_m]), torch.cat([y, y])
+    val_fy = finetune.pooled_features(model, val, norm, device, precision, should_stop=should_stop) if val is not None and len(val) else None
+    extract_s = time.perf_counter() - t0
+    progress.print(f"frozen backbone: features of {len(y):,} training images computed once in {extract_s:.1f}s; "
+                   f"the head trains on them for {n_frozen} epoch(s)")
+    k = dataset.num_classes
+
+    def loss(logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if plain_loss:
+            return loss_fn(logits, yb)
+        return train_loss(logits, soft_targets(yb, k, None, 1.0, cfg.label_smoothing), None if weights is None else weights.cpu()[yb])
+
+    rows = finetune.train_head(model, f, y, n_frozen, cfg.lr * FROZEN_HEAD_LR_MULT, cfg.weight_decay, cfg.batch_size, cfg.seed, loss,
+                               val=val_fy)
+    for i, row in enumerate(rows):
+        row["epoch"] = i + 1
+        row["phase"] = "frozen"
+    rows[0]["seconds"] += extract_s
+    return rows
 
 
 def _write_samples(dataset: Dataset, path: Path, seed: int, n: int = 16) -> None:

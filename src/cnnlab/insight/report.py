@@ -112,7 +112,7 @@ def _section_model(clf) -> str:
              f"{r['macs']:,}" if r["macs"] else "", "global" if r["receptive_field"] == GLOBAL else r["receptive_field"],
              "" if r["stride"] is None else r["stride"]] for r in s["layers"]]
     return (f"<h2>Model: {html.escape(s['model'])}</h2><p>{s['total_parameters']:,} parameters, "
-            f"{s['total_macs']:,} multiply-accumulates per image</p>"
+            f"{s['total_macs']:,} multiply-accumulates per image; weights: {html.escape(s['weights'])}</p>"
             + _table(["layer", "op", "output", "parameters", "MACs", "receptive field", "stride"], rows))
 
 

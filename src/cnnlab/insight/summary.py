@@ -181,7 +181,17 @@ def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> dict:
         "parameter_bytes": int(sum(p.numel() * p.element_size() for p in model.parameters())),
         "total_macs": int(sum(r["macs"] for r in rec.rows)),
         "activation_bytes": int(sum(r["activation_bytes"] for r in rec.rows)),
+        "weights": weights_origin(model),
+        "normalization": getattr(model, "cnnlab_normalization", None),
     }
+
+
+def weights_origin(model: nn.Module) -> str:
+    """Where the model's starting weights came from, in words (a pretrained set and its sha256, or from scratch)."""
+    info = getattr(model, "cnnlab_pretrained", None)
+    if not info:
+        return "trained from scratch (random initial weights)"
+    return f"fine-tuned from {info.get('weights')} (sha256 {str(info.get('sha256'))[:12]}…, from {info.get('source')})"
 
 
 def _human(n: float, unit: str = "") -> str:
@@ -216,3 +226,7 @@ def print_summary(s: dict) -> None:
     print(f"multiply-accumulates per image: {s['total_macs']:,} ({_human(s['total_macs'])})")
     print(f"activation memory per image (forward, batch 1): {_bytes(s['activation_bytes'])}")
     print(f"features {'x'.join(map(str, s['features_shape']))} -> output {'x'.join(map(str, s['output_shape']))}")
+    print(f"weights: {s['weights']}")
+    if s.get("normalization"):
+        n = s["normalization"]
+        print(f"input: pixels x {n['scale']:.6g}, minus mean {[round(v, 4) for v in n['mean']]}, divided by std {[round(v, 4) for v in n['std']]}")

@@ -62,9 +62,24 @@ _INT_KEYS = {k for k, t in _HINTS.items() if t in (int, int | None)}
 def default_space(fixed: dict[str, Any] | None = None) -> dict[str, Param]:
     """The built-in space. Keys given in `fixed` (e.g. epochs from --epochs) are not searched.
 
-    Epochs are searched unless --epochs or --time-budget fixes the training length of every trial.
+    Epochs are searched unless --epochs or --time-budget fixes the training length of every trial. With
+    `--set pretrained=true` the space is the fine-tuning one: LR, backbone LR ratio, frozen epochs, weight decay.
     """
     fixed = fixed or {}
+    if fixed.get("pretrained") or fixed.get("weights"):  # fine-tuning: how long to keep the backbone frozen, how fast it learns
+        space = {
+            "lr": Param("lr", low=1e-4, high=3e-3, log=True),
+            "backbone_lr": Param("backbone_lr", low=0.01, high=0.5, log=True),
+            "freeze_epochs": Param("freeze_epochs", low=1, high=3),
+            "weight_decay": Param("weight_decay", low=1e-4, high=1e-1, log=True),
+            "augment": Param("augment", choices=("none", "light", "standard")),
+            "epochs": Param("epochs", low=3, high=6),
+        }
+        if "time_budget" in fixed or "epochs" in fixed:
+            space.pop("epochs")
+        if "model" not in fixed:
+            space["model"] = Param("model", choices=("efficientnet_lite0", "efficientnet_lite2"))
+        return {k: v for k, v in space.items() if k not in fixed}
     space = {
         "model": Param("model", choices=("seed_cnn", "resnet9")),
         "width": Param("width", choices=(16, 32, 48)),
