@@ -44,16 +44,17 @@ from cnnlab.engine.device import cpu_description
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cats_vs_dogs" / "train"
 
 
-def split_folder(source: Path, out: Path, test_per_class: int, seed: int = 0, fold: tuple[int, int] | None = None
-                 ) -> dict[str, int]:
+def split_folder(source: Path, out: Path, test_per_class: int, seed: int = 0, fold: tuple[int, int] | None = None,
+                 train_per_class: int | None = None) -> dict[str, int]:
     """Symlink source's class folders into out/train and out/test: test gets the first test_per_class
-    images of each class in a seeded shuffle, or with fold=(j, K) part j of K equal parts of that shuffle."""
+    images of each class in a seeded shuffle, or with fold=(j, K) part j of K equal parts of that shuffle;
+    train the rest, or only the first train_per_class of the rest (few-shot)."""
     counts = {}
     for cls in sorted(d for d in source.iterdir() if d.is_dir()):
         files = sorted(p for p in cls.iterdir() if is_image_file(p))
         random.Random(f"{seed}:{cls.name}").shuffle(files)
         lo, hi = (0, test_per_class) if fold is None else (len(files) * fold[0] // fold[1], len(files) * (fold[0] + 1) // fold[1])
-        for part, chosen in (("test", files[lo:hi]), ("train", files[:lo] + files[hi:])):
+        for part, chosen in (("test", files[lo:hi]), ("train", (files[:lo] + files[hi:])[:train_per_class])):
             (out / part / cls.name).mkdir(parents=True, exist_ok=True)
             for f in chosen:
                 os.symlink(f.resolve(), out / part / cls.name / f.name)
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-per-class", type=int, default=200)
     ap.add_argument("--split-seed", default="0", help="seed of the held-out split, or `run`: each run's own seed")
     ap.add_argument("--folds", type=int, help="K-fold cross-validation: run j holds out part j of K (seeds 0..K-1 by default)")
+    ap.add_argument("--train-per-class", type=int, metavar="N", help="train on only N images per class (few-shot); the held-out part is unchanged")
     ap.add_argument("--keep", type=Path, help="keep the run folders here (default: a temporary folder)")
     ap.add_argument("extra", nargs="*", help="extra `cnnlab train` flags after --, e.g. -- --time-budget 300")
     args = ap.parse_args(argv)
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = args.keep or tmp / "runs"
         print(f"cnnlab {__version__}, {cpu_description()}, {time.strftime('%Y-%m-%d %H:%M')}, load average "
               f"{os.getloadavg()[0]:.2f}; {args.source}: held out "
-              f"{f'1 of {args.folds} folds' if args.folds else f'{args.test_per_class} per class'}, split seed {args.split_seed}")
+              f"{f'1 of {args.folds} folds' if args.folds else f'{args.test_per_class} per class'}, split seed {args.split_seed}"
+              + (f", trained on {args.train_per_class} per class" if args.train_per_class else "") + f"; extra flags: {' '.join(args.extra) or 'none'}")
         print("| seed | wall | held-out accuracy | validation | chose | epochs |")
         print("|---|---|---|---|---|---|")
         accs, vals, walls, ns = [], [], [], []
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             split = seed if args.split_seed == "run" else int(args.split_seed)
             data = tmp / (f"data{split}" if args.folds is None else f"data{split}_fold{j}")
             if not data.exists():  # a fixed split is made once and shared by every seed
-                split_folder(args.source, data, args.test_per_class, split, None if args.folds is None else (j, args.folds))
+                split_folder(args.source, data, args.test_per_class, split, None if args.folds is None else (j, args.folds),
+                             args.train_per_class)
             run = runs / f"seed{seed}"
             cmd = [sys.executable, "-m", "cnnlab", "train", "--data", str(data), "--seed", str(seed), "--out", str(run),
                    "--overwrite", "--quiet", *args.extra]
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             walls.append(wall)
             if val is not None:
                 vals.append(val)
-            print(f"| {seed} | {wall:.0f} s | {acc:.1%} | {'-' if val is None else f'{val:.1%}'} | "
+            print(f"| {seed} | {wall:.0f} s | {acc:.2%} | {'-' if val is None else f'{val:.1%}'} | "
                   f"{cfg['model']} {cfg.get('image_size')} px, aug {cfg['augment']} | {info['final']['epoch']} |", flush=True)
         if accs:
             print(f"\nheld-out accuracy {mean_sd(accs)} over {len(accs)} seeds"
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                   + f"; wall {statistics.mean(walls):.0f} s mean, {max(walls):.0f} s max")
             if args.folds and len(accs) == args.folds:
                 print(f"{args.folds}-fold: every image held out once; pooled accuracy "
-                      f"{sum(a * n for a, n in zip(accs, ns)) / sum(ns):.1%} of {sum(ns)} images")
+                      f"{sum(a * n for a, n in zip(accs, ns)) / sum(ns):.2%} of {sum(ns)} images")
         return 0 if len(accs) == len(seeds) else 1
     finally:
         if args.keep is None:

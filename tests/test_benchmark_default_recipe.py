@@ -78,3 +78,12 @@ def test_folds_need_one_seed_per_fold(tmp_path, capsys):
     assert main(["--source", str(tmp_path), "--folds", "3", "--seeds", "0,1"]) == 2
     assert "--folds 3" in capsys.readouterr().err
     assert main(["--source", str(tmp_path), "--folds", "1"]) == 2
+
+
+def test_few_shot_trains_on_n_per_class_and_keeps_the_held_out_part(tmp_path):
+    source = write_image_folder(tmp_path / "src", n_per_class=10, size=16)
+    split_folder(source, tmp_path / "all", 0, seed=3, fold=(1, 5))
+    split_folder(source, tmp_path / "few", 0, seed=3, fold=(1, 5), train_per_class=3)
+    full, few = listing(tmp_path / "all"), listing(tmp_path / "few")
+    assert few["test"] == full["test"] and few["train"] < full["train"]
+    assert sorted(n.split("/")[0] for n in few["train"]) == ["circle"] * 3 + ["square"] * 3

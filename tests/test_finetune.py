@@ -69,6 +69,10 @@ def test_unfreezing_trains_the_backbone_at_a_fraction_of_the_head_lr(run):
     got, ref = load_file(run / "model.safetensors"), package_weights()
     changed = [k for k in ref if not k.startswith("_fc.") and k.endswith(".weight") and not torch.equal(got[k], ref[k])]
     assert len(changed) > 50  # the unfrozen epoch moved the backbone
+    # ... but not its stem and the blocks at 1/2 and 1/4 resolution (freeze_early, the default): weights and BN statistics
+    early = [k for k in ref if k.startswith(("_conv_stem.", "_bn0.", "_blocks.0.", "_blocks.1.", "_blocks.2."))]
+    assert len(early) > 20 and all(torch.equal(got[k], ref[k]) for k in early)
+    assert not any(k.startswith("_blocks.2.") for k in changed) and any(k.startswith("_blocks.3.") for k in changed)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert (cfg["pretrained"], cfg["freeze_epochs"], cfg["epochs"], cfg["backbone_lr"]) == (True, 1, 2, 0.1)
     model = create_model("efficientnet_lite0", 2, 3, 32)
@@ -78,6 +82,14 @@ def test_unfreezing_trains_the_backbone_at_a_fraction_of_the_head_lr(run):
     for group in opt.param_groups:
         kinds = {id(p) in head for p in group["params"]}
         assert len(kinds) == 1 and group["lr_scale"] == (1.0 if kinds == {True} else 0.05)
+
+
+def test_no_freeze_early_trains_every_layer(cli, data, tmp_path):
+    r = cli("train", "--data", data, *LITE0, "--epochs", "2", "--freeze-epochs", "1", "--no-freeze-early", "--out", tmp_path / "all")
+    assert r.code == 0, r
+    got, ref = load_file(tmp_path / "all" / "model.safetensors"), package_weights()
+    assert not torch.equal(got["_conv_stem.weight"], ref["_conv_stem.weight"])
+    assert not torch.equal(got["_bn0.running_mean"], ref["_bn0.running_mean"])
 
 
 def test_the_frozen_head_sees_mirrored_features_when_training_flips(data):
@@ -205,18 +217,18 @@ def fake_forward(at_224: float):
 def test_the_default_recipe_picks_the_most_accurate_backbone_that_fits_the_budget(monkeypatch):
     monkeypatch.setattr(auto, "forward_images_per_second", fake_forward(40.0))
     cfg = TrainConfig(data="x")
-    # 1440 training + 560 other images, mirrored: 4000 passes; lite2 at 260 px runs 40 / 2.2 / (260/224)^2 = 13.5 images/s
+    # 1440 training + 560 other images: 2000 passes; lite2 at 260 px runs 40 / 2.2 / (260/224)^2 = 13.5 images/s -> 148 s
     p = auto.plan(cfg, 1440, None, 2, 3, n_eval=560)
     assert (p.cfg.model, p.cfg.image_size, p.cfg.pretrained, p.cfg.freeze, p.cfg.augment, p.cfg.tta) == (
-        "efficientnet_lite2", 260, True, True, "light", True)
-    assert "auto: pretrained efficientnet_lite2 at 260 px" in p.note
-    # 60 s: 0.8 * 60 = 48 s of passes -> lite0 without mirrors at the largest size whose 2000 passes fit: 128 px (2000 / 122 = 16 s)
+        "efficientnet_lite2", 260, True, True, "none", False)
+    assert "auto: pretrained efficientnet_lite2 at 260 px, frozen backbone + new head (its frozen features take ~148s" in p.note
+    # 60 s: 0.8 * 60 = 48 s of passes: lite2 at 224 px 110 s, lite0 at 224 px 50 s, lite0 at 192 px 2000 / 54.4 = 37 s
     short = auto.plan(TrainConfig(data="x", time_budget=60), 1440, None, 2, 3, n_eval=560)
-    assert (short.cfg.model, short.cfg.tta, short.cfg.augment) == ("efficientnet_lite0", False, "none")
-    assert short.cfg.image_size == max(s for m, s, mir in auto.PRETRAINED_LADDER if not mir and 2000 / (40 * (224 / s) ** 2) <= 48)
+    assert (short.cfg.model, short.cfg.image_size) == ("efficientnet_lite0", 192)
     # asking for epochs fine-tunes instead of stopping after the frozen phase; fixed-size data keeps its size
     tuned = auto.plan(TrainConfig(data="x", epochs=5), 1440, (100, 100), 2, 3, n_eval=560)
     assert tuned.cfg.freeze is False and tuned.cfg.image_size is None and tuned.cfg.resolved().freeze_epochs == 1
+    assert tuned.cfg.resolved().augment == "light" and "fine-tuned after a frozen phase" in tuned.note
 
 
 def test_no_pretrained_and_missing_weights_keep_the_from_scratch_recipe(monkeypatch):

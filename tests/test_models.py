@@ -27,6 +27,8 @@ def test_forward_shape_gradients_and_finiteness(name, num_classes, channels, siz
     feats = m.forward_features(x)
     assert torch.equal(m.forward_head(feats), out)
     out.float().pow(2).mean().backward()
+    torch.manual_seed(2)  # a second batch: stochastic depth may drop a whole branch for every image of one small batch
+    m(x).float().pow(2).mean().backward()
     for pname, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
         assert p.grad.abs().sum() > 0, f"{pname} got no gradient"

@@ -262,7 +262,7 @@ def test_the_default_recipe_resizes_a_streamed_dataset_by_decoding_at_the_new_si
     from cnnlab.config import TrainConfig
     from cnnlab.engine import auto
 
-    def plan(cfg, *args):  # the recipe's choice, without its speed probe
+    def plan(cfg, *args, **kwargs):  # the recipe's choice, without its speed probe
         return auto.Plan(dataclasses.replace(cfg, model="resnet9", image_size=24), "auto: resnet9 at 24 px", 0.0)
 
     monkeypatch.setattr(auto, "plan", plan)

@@ -94,6 +94,10 @@ def config_for(model: nn.Module | str, data: Dataset | str, base: TrainConfig | 
     if isinstance(model, nn.Module):
         values["model"] = getattr(model, "cnnlab_name", type(model).__name__)
         values["model_args"] = dict(getattr(model, "cnnlab_args", {}))
+        info = getattr(model, "cnnlab_pretrained", None)
+        if info:  # the fine-tuning recipe, and the weights a resume rebuilds the model from
+            values["pretrained"] = True
+            values["weights"] = info.get("file") if info.get("source") == "file" else info.get("weights")
     elif model is not None:
         values["model"] = model
     values.update(overrides)

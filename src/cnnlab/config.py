@@ -52,6 +52,7 @@ class TrainConfig:
     freeze_epochs: int | None = None  # pretrained: epochs of head-only training on the frozen backbone first; None: the recipe's
     freeze: bool = False  # pretrained: keep the backbone frozen throughout (only the new head trains)
     backbone_lr: float = 0.1  # pretrained, unfrozen: the backbone's learning rate as a fraction of the head's (discriminative LRs)
+    freeze_early: bool = True  # pretrained, unfrozen: keep the stem and the 1/2- and 1/4-resolution blocks frozen (faster steps)
     epochs: int | None = None  # None: 5 for seed_cnn; other models train for time_budget (default 600 s)
     batch_size: int | None = None  # None: 64; the default recipe (model auto) chooses 32 for small training sets (engine/auto.py)
     lr: float | None = None  # peak LR; None: 1e-3 for seed_cnn (Adam), 3e-3 otherwise (AdamW one-cycle)

@@ -28,6 +28,31 @@ def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(model.get_submodule(model.head_name).parameters())
 
 
+def freeze_early_layers(model: nn.Module) -> int:
+    """Keep the stem and the blocks at 1/2 and 1/4 resolution (`model.early_modules`) frozen while the rest
+    fine-tunes: no gradients (so autograd records nothing before the first trainable layer) and BatchNorm in
+    eval mode (ImageNet statistics), re-applied before every forward, since evaluation switches modes.
+
+    Why: at the backbone's low LR these generic edge/colour filters barely move, while their backward pass at
+    the highest resolutions is most of a step's cost (benchmarks/finetune_speed.py; detectron2's FREEZE_AT=2
+    does the same). Returns the number of parameters frozen."""
+    early = [model.get_submodule(name) for name in getattr(model, "early_modules", ())]
+    frozen = 0
+    for module in early:
+        for p in module.parameters():
+            p.requires_grad_(False)
+            frozen += p.numel()
+
+    def keep_early_in_eval(net: nn.Module, inputs) -> None:
+        if net.training:
+            for module in early:
+                module.eval()
+
+    if early and not getattr(model, "_cnnlab_early_hook", None):
+        model._cnnlab_early_hook = model.register_forward_pre_hook(keep_early_in_eval)
+    return frozen
+
+
 def discriminative_groups(model: nn.Module, weight_decay: float, backbone_lr: float) -> list[dict]:
     """AdamW groups: the head at the full LR, the backbone at `backbone_lr` times it ("lr_scale", applied by
     the trainer every step); weight decay on conv/linear weights only."""

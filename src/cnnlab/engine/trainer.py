@@ -227,14 +227,16 @@ def fit(
     # the seed's plain loss unless the recipe needs soft targets (identical numbers for the seed pipeline)
     plain_loss = not (augmenter.ops["mixup"] or augmenter.ops["cutmix"] or cfg.label_smoothing or cfg.balance)
 
+    # pretrained: the first n_frozen epochs train the head on features computed once (engine/finetune.py); the LR
+    # schedule covers the unfrozen epochs after them, in which the earliest layers stay frozen (cfg.freeze_early)
+    n_frozen = (cfg.freeze_epochs or 0) if is_pretrained(model) else 0
+    if n_frozen < cfg.epochs and is_pretrained(model) and cfg.freeze_early:  # before DDP: it syncs only trainable parameters
+        finetune.freeze_early_layers(model)
     model.to(device).train()
     net = dist_ctx.wrap(model)  # DDP in a distributed run: its backward averages the gradients over ranks
     optimizer = build_optimizer(model, cfg)
     # With a time budget the number of epochs is planned from measured speed (first batches, then each epoch)
     planned_epochs = cfg.epochs
-    # pretrained: the first n_frozen epochs train the head on features computed once (engine/finetune.py); the LR
-    # schedule covers the unfrozen epochs after them
-    n_frozen = (cfg.freeze_epochs or 0) if is_pretrained(model) else 0
     schedule = LrSchedule(cfg.schedule, max(1, planned_epochs - n_frozen) * steps)
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
     history: list[dict] = []

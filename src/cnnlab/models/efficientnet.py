@@ -104,6 +104,9 @@ class EfficientNetLite(nn.Module):
             cin, cout = (32 if i == 0 else round_filters(cin, width)), round_filters(cout, width)
             specs += [(cin if j == 0 else cout, cout, k, s if j == 0 else 1, e) for j in range(repeats)]
         self._blocks = nn.ModuleList(MBConvBlock(*spec, drop_path * i / len(specs)) for i, spec in enumerate(specs))
+        # the stem and the blocks at 1/2 and 1/4 resolution: kept frozen when fine-tuning (engine/finetune.py)
+        strides = [math.prod(spec[3] for spec in specs[: i + 1]) for i in range(len(specs))]
+        self.early_modules = ("_conv_stem", "_bn0", *(f"_blocks.{i}" for i, s in enumerate(strides) if 2 * s <= 4))
         self._conv_head = Conv2dSame(specs[-1][1], 1280, 1)
         self._bn1 = _bn(1280)
         self._dropout = nn.Dropout(dropout)

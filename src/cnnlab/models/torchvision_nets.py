@@ -83,6 +83,7 @@ class TorchvisionResNet(nn.Module):
 
     head_name = "fc"  # the classifier a pretrained net replaces (models/pretrained.py)
     stem_name = "conv1"  # the first conv, summed over colours for grey inputs
+    early_modules = ("conv1", "bn1", "layer1")  # stem + blocks at 1/4 resolution: kept frozen when fine-tuning (engine/finetune.py)
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: list[int], num_classes: int, in_channels: int,
                  dropout: float):
@@ -159,6 +160,7 @@ class TorchvisionMobileNetV2(nn.Module):
 
     head_name = "classifier.1"  # the classifier a pretrained net replaces (models/pretrained.py)
     stem_name = "features.0.0"  # the first conv, summed over colours for grey inputs
+    early_modules = ("features.0", "features.1", "features.2", "features.3")  # stem + blocks at 1/2 and 1/4 resolution (engine/finetune.py)
 
     def __init__(self, num_classes: int, in_channels: int, dropout: float):
         super().__init__()
