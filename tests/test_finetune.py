@@ -222,9 +222,11 @@ def test_the_default_recipe_picks_the_most_accurate_backbone_that_fits_the_budge
     assert (p.cfg.model, p.cfg.image_size, p.cfg.pretrained, p.cfg.freeze, p.cfg.augment, p.cfg.tta) == (
         "efficientnet_lite2", 260, True, True, "none", False)
     assert "auto: pretrained efficientnet_lite2 at 260 px, frozen backbone + new head (its frozen features take ~148s" in p.note
-    # 60 s: 0.8 * 60 = 48 s of passes: lite2 at 224 px 110 s, lite0 at 224 px 50 s, lite0 at 192 px 2000 / 54.4 = 37 s
+    # 60 s: 0.75 * (60 - 8 s fixed - 2000 * 3 ms loading) = 34.5 s of passes: lite2 at 224 px 110 s, lite0 at 224 px
+    # 50 s, at 192 px 2000 / 54.4 = 36.8 s, at 160 px 2000 / 78.4 = 25.5 s
+    assert (auto.EXTRACT_SHARE, auto.FIXED_OVERHEAD_S, auto.LOAD_S_PER_IMAGE) == (0.75, 8.0, 0.003)
     short = auto.plan(TrainConfig(data="x", time_budget=60), 1440, None, 2, 3, n_eval=560)
-    assert (short.cfg.model, short.cfg.image_size) == ("efficientnet_lite0", 192)
+    assert (short.cfg.model, short.cfg.image_size) == ("efficientnet_lite0", 160)
     # asking for epochs fine-tunes instead of stopping after the frozen phase; fixed-size data keeps its size
     tuned = auto.plan(TrainConfig(data="x", epochs=5), 1440, (100, 100), 2, 3, n_eval=560)
     assert tuned.cfg.freeze is False and tuned.cfg.image_size is None and tuned.cfg.resolved().freeze_epochs == 1
@@ -247,3 +249,34 @@ def test_models_pretrained_lists_every_weight_set_and_where_it_is(cli):
     assert rows["tv_resnet50.tv_in1k"]["urls"][0].startswith("https://download.pytorch.org/models/resnet50-0676ba61")
     r = cli("models", "--pretrained")
     assert r.code == 0 and "efficientnet_lite2.in1k" in r.out
+
+
+def test_two_ranks_fine_tune_a_pretrained_model(data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    r = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--data", str(data), *LITE0, "--epochs", "2", "--freeze-epochs", "1",
+                        "--aug", "none", "--nproc", "2", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert r.returncode == 0, r.stderr
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "completed" and info["distributed"]["world_size"] == 2
+    got, ref = load_file(out / "model.safetensors"), package_weights()
+    assert torch.equal(got["_blocks.0._depthwise_conv.weight"], ref["_blocks.0._depthwise_conv.weight"])
+    assert not torch.equal(got["_conv_head.weight"], ref["_conv_head.weight"])
+    assert Classifier.load(out).meta["pretrained"]["weights"] == "efficientnet_lite0.in1k"
+
+
+def test_tuning_a_pretrained_model_searches_frozen_epochs_and_the_backbone_lr():
+    import optuna
+
+    from cnnlab.tune import space as sp
+
+    base = TrainConfig(data="x", pretrained=True, epochs=4)
+    space = sp.default_space({"pretrained": True, "epochs": 4})
+    assert {"backbone_lr", "freeze_epochs", "lr", "model"} <= set(space) and "width" not in space and "epochs" not in space
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    cfg = sp.apply(sp.sample(space, trial), base, "trial")
+    assert 0.01 <= cfg.backbone_lr <= 0.5 and 1 <= cfg.freeze_epochs <= 3 and cfg.model.startswith("efficientnet_lite")

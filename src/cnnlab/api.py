@@ -126,6 +126,8 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
     if cfg.model == "auto":
         cfg, ds = _auto_recipe(cfg, data if isinstance(data, Dataset) else None, quiet)
     else:
+        if cfg.uses_pretrained and cfg.image_size is None and not isinstance(data, Dataset):
+            cfg = _pretrained_image_size(cfg)
         ds = data if isinstance(data, Dataset) else dataset_for_config(cfg)
     if not isinstance(model, nn.Module):
         model = model_for_config(cfg, ds, seed=cfg.seed)
@@ -135,6 +137,18 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
     if is_main_process():  # in a distributed run only rank 0 writes the run folder
         write_run_report(result, ds)
     return result
+
+
+def _pretrained_image_size(cfg: TrainConfig) -> TrainConfig:
+    """Photos in a folder (any sizes) are loaded at the resolution the pretrained weights were trained at, not the
+    from-scratch default of 100 px; fixed-size data keeps its size."""
+    from cnnlab.data.sources import image_folder_counts
+    from cnnlab.models.pretrained import CATALOGUE, default_weights
+
+    ws = CATALOGUE.get(cfg.weights or "") or default_weights(cfg.model)
+    if ws is None or image_folder_counts(cfg.data) is None:
+        return cfg
+    return dataclasses.replace(cfg, image_size=ws.input_size)
 
 
 def auto_plan(cfg: TrainConfig):
@@ -241,7 +255,7 @@ def dataset_for_model(clf: Classifier, data: Dataset | str, **overrides: Any) ->
     return ds
 
 
-def evaluate(run: str | Path | TrainResult | Classifier, data: Dataset | str, split: str | None = None, batch_size: int = 256,
+def evaluate(run: str | Path | TrainResult | Classifier, data: Dataset | str, split: str | None = None, batch_size: int | None = None,
              plots: str | Path | None = None, tta: bool = False) -> dict:
     """Loss, accuracy and the full metrics report on a split (default: test when present, else val, else train).
 

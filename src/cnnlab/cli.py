@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="MODEL|RUN_DIR")
     _add_data_options(p, defaults=True)
     p.add_argument("--split", choices=("test", "val", "train"), help="default: test when present, else val")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: ~1.1 megapixels, at most 256)")
     p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/insight.md)")
     p.add_argument("--plots", metavar="DIR", help="also save confusion matrix, calibration, per-class, top-loss figures in DIR")
     p.add_argument("--tta", action="store_true", help="test-time augmentation: average each image with its mirror (and, for a model with a test scale, at the trained size and enlarged)")

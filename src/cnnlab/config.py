@@ -39,6 +39,7 @@ ZOO_RECIPE = {"batch_size": 64, "lr": 3e-3, "optimizer": "adamw", "schedule": "o
 PRETRAINED_RECIPE = {"batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "schedule": "cosine", "weight_decay": 0.01,
                      "label_smoothing": 0.1, "augment": "light", "tta": True}
 FROZEN_EPOCHS = 10
+PRETRAINED_PATIENCE = 2  # fine-tuning on a time budget stops after this many epochs without a better val accuracy
 DEFAULT_TIME_BUDGET_S = 600.0  # non-seed models without --epochs train for this long
 
 
@@ -144,6 +145,8 @@ class TrainConfig:
                 cfg.freeze_epochs = cfg.epochs if cfg.freeze and cfg.epochs else FROZEN_EPOCHS if cfg.epochs is None else min(1, cfg.epochs)
             if cfg.freeze:  # head only: every epoch is a frozen one
                 cfg.epochs = cfg.freeze_epochs
+            elif cfg.epochs is None and cfg.patience == 0:  # on a time budget: stop once val accuracy stops improving
+                cfg.patience = PRETRAINED_PATIENCE
         if cfg.epochs is None:
             if cfg.time_budget is None:
                 cfg.time_budget = DEFAULT_TIME_BUDGET_S

@@ -244,6 +244,14 @@ class Context:
         for b in model.buffers():
             dist.broadcast(b.data, src=0)
 
+    def sync_parameters(self, module: nn.Module) -> None:
+        """Rank 0's parameters everywhere (the head each rank trained alike on cached features: exactly alike then)."""
+        if not self.distributed:
+            return
+        with torch.no_grad():
+            for p in module.parameters():
+                dist.broadcast(p.data, src=0)
+
     def evaluate(self, evaluate_arrays: Callable[..., dict], model: nn.Module, x: np.ndarray, y: np.ndarray, norm: dict,
                  device: torch.device, precision: str, tta: bool = False) -> dict:
         """`evaluate_arrays` (engine.inference's) over a whole split, sharded over the ranks: each rank scores

@@ -3,8 +3,8 @@
 The frozen phase trains only the new head. With the backbone frozen (and its BatchNorm layers in eval mode,
 so their ImageNet statistics stay as the weights expect) every epoch would compute the same features again,
 so they are computed once — for each training image and, when the augmentation flips, its mirror — and the
-head trains on them for as many epochs as asked: after the one pass of feature extraction an epoch costs
-milliseconds (measured: docs/recipes.md, "Pretrained backbones"). Unfreezing then trains everything with the
+head is fitted on them as a regularised logistic regression: after the one pass of feature extraction an
+epoch costs milliseconds (measured: docs/recipes.md, "Pretrained backbones"). Unfreezing then trains everything with the
 backbone's learning rate a fraction of the head's (`backbone_lr`), as fastai's `fine_tune` does.
 
 Models expose `head_name` (the classifier module) and `forward_head(features)`, whose first step is the
@@ -13,7 +13,6 @@ global average pool, so a cached (N, C) feature row goes in as an (N, C, 1, 1) m
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable
 
@@ -22,7 +21,9 @@ import torch.nn as nn
 
 from cnnlab.data.loader import BatchReader
 from cnnlab.engine.device import autocast
-from cnnlab.engine.inference import loss_fn, predicted_class, to_input
+from cnnlab.engine.inference import inference_batch_size, loss_fn, predicted_class, to_input
+
+HEAD_C = 1.0  # inverse L2 strength of the frozen head (scikit-learn's default C; 0.3-3 scored alike on cats/dogs)
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(model.get_submodule(model.head_name).parameters())
@@ -67,7 +68,7 @@ def discriminative_groups(model: nn.Module, weight_decay: float, backbone_lr: fl
 
 @torch.inference_mode()
 def pooled_features(model: nn.Module, split, norm: dict, device: torch.device, precision: str, mirror: bool = False,
-                    batch_size: int = 64, should_stop: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    batch_size: int | None = None, should_stop: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, C) float32 on CPU, labels) of a split: the frozen backbone's globally pooled last feature
     map, in eval mode; mirror=True: of the horizontally flipped images. `should_stop` is called between batches
     (it raises to interrupt)."""
@@ -75,7 +76,7 @@ def pooled_features(model: nn.Module, split, norm: dict, device: torch.device, p
     model.eval()
     feats, labels = [], []
     try:
-        for b in BatchReader(split).batches(batch_size):
+        for b in BatchReader(split).batches(batch_size or inference_batch_size(split.x.shape[1], split.x.shape[2])):
             if should_stop is not None:
                 should_stop()
             x = to_input(b.x, norm, device)
@@ -96,53 +97,57 @@ def head_logits(model: nn.Module, f: torch.Tensor) -> torch.Tensor:
 
 
 def score_features(model: nn.Module, f: torch.Tensor, y: torch.Tensor) -> dict:
+    was_training = model.training
     model.eval()
     with torch.inference_mode():
         logits = head_logits(model, f).float()
-    model.train()
+    model.train(was_training)
     return {"loss": float(loss_fn(logits, y)), "accuracy": float((predicted_class(logits) == y).float().mean())}
 
 
-def train_head(model: nn.Module, feats: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, weight_decay: float,
-               batch_size: int, seed: int, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-               val: tuple[torch.Tensor, torch.Tensor] | None = None, on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
-    """Train the head on cached features: AdamW, one-cycle over `epochs`, data order seeded by (seed, epoch).
+def train_head(model: nn.Module, feats: torch.Tensor, y: torch.Tensor, epochs: int, c: float = HEAD_C,
+               weights: torch.Tensor | None = None, val: tuple[torch.Tensor, torch.Tensor] | None = None,
+               iterations_per_epoch: int = 20) -> list[dict]:
+    """Fit the head on cached features as an L2-regularised logistic regression — scikit-learn's
+    LogisticRegression objective: mean cross-entropy + ||W||^2 / (2 C n), bias unpenalised — by full-batch
+    L-BFGS, `iterations_per_epoch` iterations per epoch (it stops early once converged).
 
-    Returns one metrics row per epoch (train loss/accuracy as seen in training, val on cached val features).
-    `loss(logits, y)` is the run's training loss (label smoothing, class weights)."""
-    params = head_parameters(model)
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-                             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=lr)
+    Convex, so the result depends on neither a learning rate nor a data order, and it reaches the optimum a
+    careful notebook user's linear probe reaches: on the cats/dogs photos (5 folds, lite2 features at
+    260 px) 99.35%, against 99.05-99.25% for AdamW with dropout, label smoothing or weight decay
+    variants (docs/recipes.md). Per-class `weights` (--balance) weight the loss. Returns one metrics row
+    per epoch (train and val loss/accuracy of the head in eval mode)."""
+    head = model.get_submodule(model.head_name)
     n = len(y)
-    steps = max(1, math.ceil(n / batch_size))
-    total = epochs * steps
+    w = None if weights is None else weights[y]
+    opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=iterations_per_epoch, history_size=20,
+                            line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
+    was_training = model.training
+    model.eval()  # no dropout: the objective must be deterministic for the line search
+
+    def objective() -> torch.Tensor:
+        opt.zero_grad(set_to_none=True)
+        per = loss_fn(head_logits(model, feats), y, reduction="none")
+        data_loss = per.mean() if w is None else (per * w).sum() / w.sum()
+        loss = data_loss + head.weight.pow(2).sum() / (2 * c * n)
+        loss.backward()
+        return loss
+
     rows = []
-    model.train()
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * epoch)
-        order = torch.randperm(n, generator=g)
-        loss_sum, correct = 0.0, 0
-        for s in range(steps):
-            idx = order[s * batch_size:(s + 1) * batch_size]
-            p = ((epoch - 1) * steps + s) / total  # one-cycle: warm up over the first 10%, cosine down
-            for group in opt.param_groups:
-                group["lr"] = lr * (p / 0.1 if p < 0.1 else 0.5 * (1 + math.cos(math.pi * (p - 0.1) / 0.9)))
-            logits = head_logits(model, feats[idx])
-            batch_loss = loss(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            batch_loss.backward()
-            opt.step()
-            loss_sum += float(batch_loss.detach()) * len(idx)
-            correct += int((predicted_class(logits.detach()) == y[idx]).sum())
-        row = {"train_loss": loss_sum / n, "train_accuracy": correct / n, "val_loss": None, "val_accuracy": None,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        if val is not None and len(val[1]):
-            ev = score_features(model, *val)
-            row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
-        rows.append(row)
-        if on_epoch is not None:
-            on_epoch(row)
+    try:
+        for _ in range(epochs):
+            t0 = time.perf_counter()
+            with torch.enable_grad():
+                opt.step(objective)
+            ev = score_features(model, feats, y)
+            row = {"train_loss": ev["loss"], "train_accuracy": ev["accuracy"], "val_loss": None, "val_accuracy": None,
+                   "lr": 1.0, "seconds": time.perf_counter() - t0}
+            if val is not None and len(val[1]):
+                ev = score_features(model, *val)
+                row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
+            rows.append(row)
+    finally:
+        model.train(was_training)
     return rows
 
 

@@ -35,7 +35,7 @@ class Classifier:
         c, h, w = self.meta["input_shape"]
         return c, h, w
 
-    def predict_proba(self, x: np.ndarray, batch_size: int = 256, tta: bool = False) -> np.ndarray:
+    def predict_proba(self, x: np.ndarray, batch_size: int | None = None, tta: bool = False) -> np.ndarray:
         """Class probabilities (N, K) for uint8 images (N, H, W, C) of the model's input shape (tta: averaged over mirror images and inference.tta_scales)."""
         logits = predict_logits(self.model, x, self.meta["normalization"], self.device, "fp32", batch_size, tta=tta)
         return probabilities(logits).numpy()

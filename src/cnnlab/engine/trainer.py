@@ -41,11 +41,6 @@ from cnnlab.insight import plots
 from cnnlab.models._registry import set_test_scale
 
 
-# The frozen phase trains a linear head on fixed features: a 10x higher LR than fine-tuning the whole net
-# converges it within the few epochs the recipe gives it (docs/recipes.md, "Pretrained backbones").
-FROZEN_HEAD_LR_MULT = 10.0
-
-
 class StopTraining(Exception):
     """Raised by an `on_epoch_end` callback to end the run after this epoch (e.g. a pruned tune trial).
 
@@ -359,7 +354,8 @@ def fit(
     stopping_at_boundary = False  # set when all ranks agreed to stop before a batch: the state there resumes exactly
     try:
         if n_frozen and start_epoch <= n_frozen:  # pretrained: the head trains on the frozen backbone's features first
-            frozen = _frozen_phase(model, dataset, cfg, augmenter.ops, norm, device, precision, n_frozen, weights, plain_loss, stop_requested, progress)
+            frozen = _frozen_phase(model, dataset, augmenter.ops, norm, device, precision, n_frozen, weights, stop_requested, progress)
+            dist_ctx.sync_parameters(model.get_submodule(model.head_name))  # every rank trained the same head; rank 0's is kept
             for row in frozen:
                 history.append(row)
                 train_seconds += row["seconds"]
@@ -581,8 +577,8 @@ def fit(
     return TrainResult(run, model.eval(), meta, history, test)
 
 
-def _frozen_phase(model: nn.Module, dataset: Dataset, cfg: TrainConfig, ops: dict, norm: dict, device, precision: str, n_frozen: int,
-                  weights: torch.Tensor | None, plain_loss: bool, stop_requested: list, progress: "_Progress") -> list[dict]:
+def _frozen_phase(model: nn.Module, dataset: Dataset, ops: dict, norm: dict, device, precision: str, n_frozen: int,
+                  weights: torch.Tensor | None, stop_requested: list, progress: "_Progress") -> list[dict]:
     """Train the new head of a pretrained model for n_frozen epochs on the frozen backbone's features, computed
     once per image (and its mirror when the augmentation flips); the backbone's weights and BatchNorm statistics
     stay exactly as loaded. Returns the epochs' metrics rows; the first row's seconds include the extraction."""
@@ -600,16 +596,8 @@ def _frozen_phase(model: nn.Module, dataset: Dataset, cfg: TrainConfig, ops: dic
     val_fy = finetune.pooled_features(model, val, norm, device, precision, should_stop=should_stop) if val is not None and len(val) else None
     extract_s = time.perf_counter() - t0
     progress.print(f"frozen backbone: features of {len(y):,} training images computed once in {extract_s:.1f}s; "
-                   f"the head trains on them for {n_frozen} epoch(s)")
-    k = dataset.num_classes
-
-    def loss(logits: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        if plain_loss:
-            return loss_fn(logits, yb)
-        return train_loss(logits, soft_targets(yb, k, None, 1.0, cfg.label_smoothing), None if weights is None else weights.cpu()[yb])
-
-    rows = finetune.train_head(model, f, y, n_frozen, cfg.lr * FROZEN_HEAD_LR_MULT, cfg.weight_decay, cfg.batch_size, cfg.seed, loss,
-                               val=val_fy)
+                   f"the head is fitted on them (logistic regression, {n_frozen} epoch(s) of L-BFGS)")
+    rows = finetune.train_head(model, f, y, n_frozen, weights=None if weights is None else weights.cpu(), val=val_fy)
     for i, row in enumerate(rows):
         row["epoch"] = i + 1
         row["phase"] = "frozen"

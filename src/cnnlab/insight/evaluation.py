@@ -11,12 +11,12 @@ from cnnlab.engine.inference import evaluate_on_split, probabilities
 from cnnlab.insight import metrics as M
 
 
-def evaluate_split(clf, ds, split: str, batch_size: int = 256, plots: str | Path | None = None, tta: bool = False) -> dict:
+def evaluate_split(clf, ds, split: str, batch_size: int | None = None, plots: str | Path | None = None, tta: bool = False) -> dict:
     """Loss, accuracy, n, split plus classification_report, top_losses and (with `plots`) figure paths."""
     return evaluate_split_with_images(clf, ds, split, batch_size, plots, tta)[0]
 
 
-def evaluate_split_with_images(clf, ds, split: str, batch_size: int = 256, plots: str | Path | None = None, tta: bool = False):
+def evaluate_split_with_images(clf, ds, split: str, batch_size: int | None = None, plots: str | Path | None = None, tta: bool = False):
     """(evaluate_split's result, the split of the images it scored): "index" in top_losses points into that split."""
     s = ds.split(split)
     ev = evaluate_on_split(clf.model, s, clf.meta["normalization"], clf.device, "fp32", batch_size, tta=tta)
