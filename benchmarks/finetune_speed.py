@@ -7,7 +7,9 @@ Each side runs in its own process (so no side inherits another's allocator, thre
 after another, the order reversed every other repeat; the table shows the median training images/s.
 - cnnlab: the step `cnnlab train --model M --pretrained --epochs E --freeze-epochs F` runs after unfreezing:
   the registry model in channels_last, the precision `auto` picks for it on this CPU, AdamW with the
-  backbone at 0.1x the head's LR, cnnlab's loss;
+  backbone at 0.1x the head's LR, cnnlab's loss, and the stem and the 1/2- and 1/4-resolution blocks kept
+  frozen (`freeze_early`, the default);
+- cnnlab-all: the same with every layer trained (`--no-freeze-early`);
 - torch-nchw / torch-cl: the same architecture as a PyTorch user writes the step: fp32, AdamW, NCHW or
   channels_last;
 - keras: `tf.keras.applications.MobileNetV2(weights=None)` with Adam, `train_on_batch` (mobilenet_v2 only;
@@ -54,8 +56,12 @@ def child(side: str, model_name: str, size: int, batch: int, steps: int) -> dict
     torch.manual_seed(0)
     model = create_model(model_name, 2, 3, (size, size)).train()
     target = torch.full((batch, 2), 0.5)
-    if side == "cnnlab":
+    if side.startswith("cnnlab"):
+        from cnnlab.engine.finetune import freeze_early_layers
+
         tune_cpu_allocator()
+        if side == "cnnlab":
+            freeze_early_layers(model)
         model.cnnlab_pretrained = {"weights": "benchmark"}  # the optimizer groups of a fine-tuning run
         opt = build_optimizer(model, TrainConfig(data="x", model=model_name, pretrained=True))
         precision = resolve_precision("auto", torch.device("cpu"), model)
@@ -70,7 +76,7 @@ def child(side: str, model_name: str, size: int, batch: int, steps: int) -> dict
     def step() -> None:
         with autocast(torch.device("cpu"), precision):
             out = model(x)
-        loss = train_loss(out, target) if side == "cnnlab" else torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], target[:, 1])
+        loss = train_loss(out, target) if side.startswith("cnnlab") else torch.nn.functional.binary_cross_entropy_with_logits(out[:, 0], target[:, 1])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -106,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     has_keras = subprocess.run([keras_python, "-c", "import tensorflow"], capture_output=True).returncode == 0
     print(f"cnnlab {__version__}, torch {torch.__version__}, {cpu_description()}, batch {args.batch_size}, "
           f"{args.steps} steps x {args.repeats} repeats, {time.strftime('%Y-%m-%d %H:%M')}")
-    print("| model | px | cnnlab img/s (precision) | torch fp32 NCHW | torch fp32 channels_last | Keras | cnnlab / best torch | cnnlab / Keras |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | px | cnnlab img/s (precision) | cnnlab, all layers | torch fp32 NCHW | torch fp32 channels_last | Keras | "
+          "cnnlab / best torch | all layers / best torch | cnnlab / Keras |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     env = {"PYTHONPATH": str(ROOT)}
     for model_name in args.models.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
-            sides = ["cnnlab", "torch-nchw", "torch-cl"] + (["keras"] if model_name == "mobilenet_v2" and has_keras else [])
+            sides = ["cnnlab", "cnnlab-all", "torch-nchw", "torch-cl"] + (["keras"] if model_name == "mobilenet_v2" and has_keras else [])
             rates: dict[str, list[float]] = {s: [] for s in sides}
             precision = ""
             for i in range(args.repeats):
@@ -129,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             best_torch = max(med["torch-nchw"], med["torch-cl"])
             keras = f"{med['keras']:.1f}" if "keras" in med else "—"
             vs_keras = f"{med['cnnlab'] / med['keras']:.2f}x" if "keras" in med else "—"
-            print(f"| {model_name} | {size} | {med['cnnlab']:.1f} ({precision}) | {med['torch-nchw']:.1f} | {med['torch-cl']:.1f} | {keras} | "
-                  f"{med['cnnlab'] / best_torch:.2f}x | {vs_keras} |", flush=True)
+            print(f"| {model_name} | {size} | {med['cnnlab']:.1f} ({precision}) | {med['cnnlab-all']:.1f} | {med['torch-nchw']:.1f} | "
+                  f"{med['torch-cl']:.1f} | {keras} | {med['cnnlab'] / best_torch:.2f}x | {med['cnnlab-all'] / best_torch:.2f}x | {vs_keras} |",
+                  flush=True)
     return 0
 
 

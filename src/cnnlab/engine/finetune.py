@@ -2,7 +2,7 @@
 
 The frozen phase trains only the new head. With the backbone frozen (and its BatchNorm layers in eval mode,
 so their ImageNet statistics stay as the weights expect) every epoch would compute the same features again,
-so they are computed once — for each training image and, when the augmentation flips, its mirror — and the
+so they are computed once per image (mirrored copies were measured and did not help: docs/recipes.md) and the
 head is fitted on them as a regularised logistic regression: after the one pass of feature extraction an
 epoch costs milliseconds (measured: docs/recipes.md, "Pretrained backbones"). Unfreezing then trains everything with the
 backbone's learning rate a fraction of the head's (`backbone_lr`), as fastai's `fine_tune` does.
@@ -66,11 +66,10 @@ def discriminative_groups(model: nn.Module, weight_decay: float, backbone_lr: fl
     return [g for g in groups if g["params"]]
 
 
-@torch.inference_mode()
-def pooled_features(model: nn.Module, split, norm: dict, device: torch.device, precision: str, mirror: bool = False,
-                    batch_size: int | None = None, should_stop: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+@torch.no_grad()  # not inference_mode: the head's L-BFGS fit differentiates through these tensors
+def pooled_features(model: nn.Module, split, norm: dict, device: torch.device, precision: str, batch_size: int | None = None, should_stop: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(features (N, C) float32 on CPU, labels) of a split: the frozen backbone's globally pooled last feature
-    map, in eval mode; mirror=True: of the horizontally flipped images. `should_stop` is called between batches
+    map, in eval mode. `should_stop` is called between batches
     (it raises to interrupt)."""
     was_training = model.training
     model.eval()
@@ -80,8 +79,6 @@ def pooled_features(model: nn.Module, split, norm: dict, device: torch.device, p
             if should_stop is not None:
                 should_stop()
             x = to_input(b.x, norm, device)
-            if mirror:
-                x = x.flip(3)
             with autocast(device, precision):
                 feats.append(model.forward_features(x).float().mean((2, 3)).cpu())
             labels.append(b.y)
@@ -149,8 +146,3 @@ def train_head(model: nn.Module, feats: torch.Tensor, y: torch.Tensor, epochs: i
     finally:
         model.train(was_training)
     return rows
-
-
-def mirror_helps(ops: dict[str, float]) -> bool:
-    """Cache mirrored features too when training would flip images."""
-    return ops.get("hflip", 0.0) > 0

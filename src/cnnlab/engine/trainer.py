@@ -27,10 +27,10 @@ from cnnlab.data.augment import Augmenter, batch_generator, matched_test_scale, 
 from cnnlab.data.dataset import Dataset
 from cnnlab.data.loader import BatchReader, is_streamed, read_images
 from cnnlab.engine import distributed as ddp
+from cnnlab.engine import finetune
 from cnnlab.engine import run_dir as rd
 from cnnlab.engine.checkpoint import save_checkpoint
 from cnnlab.engine.device import autocast, cpu_description, resolve_device, resolve_precision
-from cnnlab.engine import finetune
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.inference import (evaluate_arrays, evaluate_on_split, loss_fn, predicted_class, probabilities, to_input,
                                     tta_label, tta_scales)
@@ -354,7 +354,7 @@ def fit(
     stopping_at_boundary = False  # set when all ranks agreed to stop before a batch: the state there resumes exactly
     try:
         if n_frozen and start_epoch <= n_frozen:  # pretrained: the head trains on the frozen backbone's features first
-            frozen = _frozen_phase(model, dataset, augmenter.ops, norm, device, precision, n_frozen, weights, stop_requested, progress)
+            frozen = _frozen_phase(model, dataset, norm, device, precision, n_frozen, weights, stop_requested, progress)
             dist_ctx.sync_parameters(model.get_submodule(model.head_name))  # every rank trained the same head; rank 0's is kept
             for row in frozen:
                 history.append(row)
@@ -577,10 +577,10 @@ def fit(
     return TrainResult(run, model.eval(), meta, history, test)
 
 
-def _frozen_phase(model: nn.Module, dataset: Dataset, ops: dict, norm: dict, device, precision: str, n_frozen: int,
+def _frozen_phase(model: nn.Module, dataset: Dataset, norm: dict, device, precision: str, n_frozen: int,
                   weights: torch.Tensor | None, stop_requested: list, progress: "_Progress") -> list[dict]:
     """Train the new head of a pretrained model for n_frozen epochs on the frozen backbone's features, computed
-    once per image (and its mirror when the augmentation flips); the backbone's weights and BatchNorm statistics
+    once per image; the backbone's weights and BatchNorm statistics
     stay exactly as loaded. Returns the epochs' metrics rows; the first row's seconds include the extraction."""
 
     def should_stop() -> None:  # signals stop the extraction between batches
@@ -590,9 +590,6 @@ def _frozen_phase(model: nn.Module, dataset: Dataset, ops: dict, norm: dict, dev
     t0 = time.perf_counter()
     train, val = dataset.train, dataset.splits.get("val")
     f, y = finetune.pooled_features(model, train, norm, device, precision, should_stop=should_stop)
-    if finetune.mirror_helps(ops):
-        f_m, _ = finetune.pooled_features(model, train, norm, device, precision, mirror=True, should_stop=should_stop)
-        f, y = torch.cat([f, f_m]), torch.cat([y, y])
     val_fy = finetune.pooled_features(model, val, norm, device, precision, should_stop=should_stop) if val is not None and len(val) else None
     extract_s = time.perf_counter() - t0
     progress.print(f"frozen backbone: features of {len(y):,} training images computed once in {extract_s:.1f}s; "

@@ -15,7 +15,6 @@ tensor with the first mismatch named.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -121,16 +120,10 @@ def offline_source(ws: WeightSet) -> str | None:
     return "package" if package_path(ws) is not None else None
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verified(path: Path, ws: WeightSet, where: str) -> str:
-    digest = sha256_of(path)
+    from cnnlab.download import sha256_file
+
+    digest = sha256_file(path)
     if not digest.startswith(ws.sha256):
         if where == "cache":
             path.unlink(missing_ok=True)  # a damaged cached copy is removed, so the next run fetches a good one
@@ -203,7 +196,9 @@ def resolve(model_name: str, weights: str | None) -> tuple[WeightSet | None, Pat
     if not path.exists():
         names = ", ".join(w.name for w in weight_sets(model_name)) or "none"
         raise ModelError(f"--weights {weights}: no such file or catalogued weights (for {model_name}: {names})")
-    return None, path, "file", sha256_of(path)
+    from cnnlab.download import sha256_file
+
+    return None, path, "file", sha256_file(path)
 
 
 def load_pretrained(model: nn.Module, weights: str | None = None) -> dict:
