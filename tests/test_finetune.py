@@ -292,3 +292,9 @@ def test_tuning_a_pretrained_model_searches_frozen_epochs_and_the_backbone_lr():
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     cfg = sp.apply(sp.sample(space, trial), base, "trial")
     assert 0.01 <= cfg.backbone_lr <= 0.5 and 1 <= cfg.freeze_epochs <= 3 and cfg.model.startswith("efficientnet_lite")
+
+
+def test_freeze_options_with_the_default_recipe_choose_a_pretrained_backbone(monkeypatch):
+    monkeypatch.setattr(auto, "forward_images_per_second", fake_forward(40.0))
+    p = auto.plan(TrainConfig(data="x", epochs=4, freeze_epochs=2).validate(), 1440, (32, 32), 10, 1, n_eval=100)
+    assert p.cfg.model.startswith("efficientnet_lite") and p.cfg.resolved().freeze_epochs == 2

@@ -32,10 +32,10 @@ SEED_RECIPE = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "
                "label_smoothing": 0.0, "augment": "none", "tta": False}
 ZOO_RECIPE = {"batch_size": 64, "lr": 3e-3, "optimizer": "adamw", "schedule": "onecycle", "weight_decay": 0.05,
               "label_smoothing": 0.1, "augment": "light", "tta": True}
-# Fine-tuning a pretrained backbone (docs/recipes.md, "Pretrained backbones"): AdamW with a cosine schedule at a
-# 3x lower peak LR than from scratch (the head; the backbone at backbone_lr times it), light augmentation,
-# label smoothing, flip TTA. The frozen phase (head only, on features computed once) takes FROZEN_EPOCHS epochs
-# when training runs on a time budget, fastai's 1 frozen epoch when --epochs is given.
+# Fine-tuning a pretrained backbone (docs/recipes.md, "Pretrained backbones"), after the frozen phase (the head
+# fitted on features computed once: FROZEN_EPOCHS epochs on a time budget, fastai's 1 when --epochs is given):
+# AdamW with a cosine schedule at a 3x lower peak LR than from scratch (the head; the backbone at backbone_lr
+# times it), light augmentation, label smoothing, flip TTA.
 PRETRAINED_RECIPE = {"batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "schedule": "cosine", "weight_decay": 0.01,
                      "label_smoothing": 0.1, "augment": "light", "tta": True}
 FROZEN_EPOCHS = 10
@@ -97,7 +97,7 @@ class TrainConfig:
                               " of --epochs; lower --freeze-epochs or raise --epochs")
         if self.pretrained is False and self.weights:
             raise ConfigError(f"weights = {self.weights!r} with pretrained = false — drop --no-pretrained or --weights")
-        if (self.freeze or self.freeze_epochs) and not self.uses_pretrained:
+        if (self.freeze or self.freeze_epochs) and not self.uses_pretrained and (self.model != "auto" or self.pretrained is False):
             raise ConfigError("freeze / freeze_epochs need a pretrained model — add --pretrained (or --weights FILE)")
         _check(self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "a whole number >= 1")
         _check(self.lr is None or math.isfinite(self.lr) and self.lr > 0, "lr", self.lr, "a positive number such as 0.001")
@@ -142,7 +142,7 @@ class TrainConfig:
         if cfg.uses_pretrained:
             cfg.pretrained = True
             if cfg.freeze_epochs is None:
-                cfg.freeze_epochs = cfg.epochs if cfg.freeze and cfg.epochs else FROZEN_EPOCHS if cfg.epochs is None else min(1, cfg.epochs)
+                cfg.freeze_epochs = cfg.epochs if cfg.freeze and cfg.epochs else FROZEN_EPOCHS if cfg.epochs is None else 1
             if cfg.freeze:  # head only: every epoch is a frozen one
                 cfg.epochs = cfg.freeze_epochs
             elif cfg.epochs is None and cfg.patience == 0:  # on a time budget: stop once val accuracy stops improving

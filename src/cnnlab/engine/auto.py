@@ -19,8 +19,8 @@ An explicit --model, --image-size, --train-size, --aug or --batch-size is always
 When pretrained weights are on this machine (and --no-pretrained is not given), the default recipe fine-tunes
 a pretrained backbone instead (`plan_pretrained`): the most accurate entry of ``PRETRAINED_LADDER`` whose frozen
 phase — one forward pass per training, validation and test image — fits in ``EXTRACT_SHARE`` of the budget left
-after start-up and loading, at the measured forward speed. Its head trains on the features computed once for ``config.FROZEN_EPOCHS`` epochs,
-and the run stops there: the head has converged, and neither unfreezing nor flips (mirrored features, flip TTA)
+after start-up and loading, at the measured forward speed. Its head is fitted on the features computed once
+(``config.FROZEN_EPOCHS`` epochs of a logistic regression), and the run stops there: the head has converged, and neither unfreezing nor flips (mirrored features, flip TTA)
 paid within these budgets (docs/recipes.md, "Pretrained backbones"). Asking for --epochs fine-tunes instead.
 """
 
@@ -152,7 +152,7 @@ def wants_pretrained(cfg: TrainConfig, native: tuple[int, int] | None = None) ->
     """The default recipe fine-tunes a pretrained backbone unless told not to, or no weights are offline, or the
     data are small fixed-size images (under PRETRAINED_MIN_PX: ImageNet features of 32 px digits scored 61.7%
     where the from-scratch recipe scores ~99%), or --train-size asks for the from-scratch crop recipe."""
-    if cfg.pretrained or cfg.weights:
+    if cfg.pretrained or cfg.weights or cfg.freeze or cfg.freeze_epochs:  # fine-tuning asked for in words
         return True
     if cfg.pretrained is False or cfg.train_size or (native is not None and min(native) < PRETRAINED_MIN_PX):
         return False
