@@ -4,8 +4,9 @@ The frozen phase trains only the new head. With the backbone frozen (and its Bat
 so their ImageNet statistics stay as the weights expect) every epoch would compute the same features again,
 so they are computed once per image (mirrored copies were measured and did not help: docs/recipes.md) and the
 head is fitted on them as a regularised logistic regression: after the one pass of feature extraction an
-epoch costs milliseconds (measured: docs/recipes.md, "Pretrained backbones"). Unfreezing then trains everything with the
-backbone's learning rate a fraction of the head's (`backbone_lr`), as fastai's `fine_tune` does.
+epoch costs milliseconds (measured: docs/recipes.md, "Pretrained backbones"). Unfreezing then trains the rest
+with the backbone's learning rate a fraction of the head's (`backbone_lr`), as fastai's `fine_tune` does,
+keeping the earliest layers frozen (`freeze_early_layers`).
 
 Models expose `head_name` (the classifier module) and `forward_head(features)`, whose first step is the
 global average pool, so a cached (N, C) feature row goes in as an (N, C, 1, 1) map.
@@ -24,6 +25,7 @@ from cnnlab.engine.device import autocast
 from cnnlab.engine.inference import inference_batch_size, loss_fn, predicted_class, to_input
 
 HEAD_C = 1.0  # inverse L2 strength of the frozen head (scikit-learn's default C; 0.3-3 scored alike on cats/dogs)
+
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:
     return list(model.get_submodule(model.head_name).parameters())
