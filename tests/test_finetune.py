@@ -298,3 +298,15 @@ def test_freeze_options_with_the_default_recipe_choose_a_pretrained_backbone(mon
     monkeypatch.setattr(auto, "forward_images_per_second", fake_forward(40.0))
     p = auto.plan(TrainConfig(data="x", epochs=4, freeze_epochs=2).validate(), 1440, (32, 32), 10, 1, n_eval=100)
     assert p.cfg.model.startswith("efficientnet_lite") and p.cfg.resolved().freeze_epochs == 2
+
+
+def test_on_a_time_budget_fine_tuning_stops_two_unfrozen_epochs_after_the_last_improvement(cli, data, tmp_path):
+    r = cli("train", "--data", data, "--model", "efficientnet_lite0", "--pretrained", "--image-size", "32", "--time-budget", "300",
+            "--out", tmp_path / "budget")
+    assert r.code == 0, r
+    cfg = yaml.safe_load((tmp_path / "budget" / "config.yaml").read_text())
+    assert (cfg["freeze_epochs"], cfg["patience"]) == (10, 2)
+    rows = (tmp_path / "budget" / "metrics.csv").read_text().splitlines()[1:]
+    val = [float(row.split(",")[4]) for row in rows]
+    best = max(range(len(val)), key=lambda i: (val[i], -i)) + 1  # the first epoch with the best val accuracy
+    assert len(rows) == max(best, 10) + 2 and "early stopping" in r.out, r

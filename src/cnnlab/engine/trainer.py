@@ -478,7 +478,8 @@ def fit(
                 schedule.total_steps = max(1, planned_epochs - n_frozen) * steps
                 if planned_epochs <= epoch < cfg.epochs:
                     stop_reason = f"time budget of {cfg.time_budget:g}s reached"
-            if cfg.patience and has_val and epoch - best["epoch"] >= cfg.patience:
+            # early stopping counts unfrozen epochs only: the frozen phase's best is where fine-tuning starts from
+            if cfg.patience and has_val and epoch - max(best["epoch"], n_frozen) >= cfg.patience:
                 stop_reason = f"early stopping: no better val accuracy for {cfg.patience} epochs (best {best['accuracy']:.1%} at epoch {best['epoch']})"
             step, stats, partial = 0, None, None
             epoch += 1
