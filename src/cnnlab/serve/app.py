@@ -239,27 +239,51 @@ async def _send_json(send, status: int, detail: str, headers: list | None = None
     await send({"type": "http.response.body", "body": body})
 
 
+DRAIN_MIN_BYTES = 16 * 1024 * 1024
+DRAIN_EXTRA_MAX_BYTES = 64 * 1024 * 1024
+
+
+def default_drain_cap_bytes(max_upload_bytes: int) -> int:
+    """Most bytes of an over-limit body read (and thrown away) before its 413: 4x the limit, at least 16 MiB,
+    at most the limit + 64 MiB (default 10 MiB limit: 40 MiB).
+
+    Clients that send the whole body before reading the reply (urllib, requests, httpx sync) see a
+    connection reset instead of the 413 when the server closes with their body still unread; reading
+    the rest first lets them get the answer. Beyond the cap the server answers and closes (the client
+    may then see a reset), so nobody can make it read an unbounded upload.
+    """
+    return min(max(4 * max_upload_bytes, DRAIN_MIN_BYTES), max_upload_bytes + DRAIN_EXTRA_MAX_BYTES)
+
+
 class BodyLimit:
     """Refuse bodies over `max_bytes` (413) before the app sees them: by Content-Length, else while streaming.
 
     The whole body must arrive within `timeout_s` (else 408), so a slow or stalled client cannot hold a
-    request open forever.
+    request open forever. An over-limit body is read and discarded up to `drain_cap_bytes` in all (within
+    the same deadline) before the 413, so clients that send it all before reading the reply get the 413
+    rather than a reset; a body longer than that (or one behind `Expect: 100-continue`, not yet sent) gets
+    the 413 at once with `Connection: close`.
     """
 
-    def __init__(self, app, max_bytes: int, timeout_s: float):
+    def __init__(self, app, max_bytes: int, timeout_s: float, drain_cap_bytes: int | None = None):
         self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
+        self.drain_cap_bytes = default_drain_cap_bytes(max_bytes) if drain_cap_bytes is None else drain_cap_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        deadline = time.monotonic() + self.timeout_s
         if length is not None:
             if not length.isdigit():
                 return await _send_json(send, 400, "invalid Content-Length header")
             if int(length) > self.max_bytes:
-                return await _send_json(send, 413, f"request body of {int(length):,} bytes is over the limit of {self.max_bytes:,} bytes")
+                detail = f"request body of {int(length):,} bytes is over the limit of {self.max_bytes:,} bytes"
+                if int(length) > self.drain_cap_bytes or headers.get(b"expect", b"").lower() == b"100-continue":
+                    return await _send_json(send, 413, detail, [(b"connection", b"close")])
+                return await self._refuse_over_limit(receive, send, 0, deadline, detail)
         chunks, total = [], 0
-        deadline = time.monotonic() + self.timeout_s
         while True:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
@@ -269,7 +293,10 @@ class BodyLimit:
                 return
             total += len(message.get("body", b""))
             if total > self.max_bytes:
-                return await _send_json(send, 413, f"request body is over the limit of {self.max_bytes:,} bytes")
+                detail = f"request body is over the limit of {self.max_bytes:,} bytes"
+                if not message.get("more_body", False):
+                    return await _send_json(send, 413, detail)
+                return await self._refuse_over_limit(receive, send, total, deadline, detail)
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
@@ -283,6 +310,21 @@ class BodyLimit:
             return await receive()
 
         return await self.app(scope, replay, send)
+
+    async def _refuse_over_limit(self, receive, send, read: int, deadline: float, detail: str) -> None:
+        """Read and discard the rest of an over-limit body (`read` bytes of it already in) up to
+        `drain_cap_bytes` and the deadline, then answer 413 — with `Connection: close` unless it all came in."""
+        done = False
+        while not done and read <= self.drain_cap_bytes:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                break
+            if message["type"] == "http.disconnect":
+                return
+            read += len(message.get("body", b""))
+            done = not message.get("more_body", False)
+        await _send_json(send, 413, detail, [] if done else [(b"connection", b"close")])
 
 
 class Metered:
@@ -467,7 +509,8 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
             raise HTTPException(404, "not found")
         return Response(_static(name), media_type=types[Path(name).suffix] + "; charset=utf-8")
 
-    return Metered(BodyLimit(RawPredictFastPath(app, predict_files, cfg.top_k), cfg.max_upload_bytes, cfg.body_timeout_s), metrics)
+    return Metered(BodyLimit(RawPredictFastPath(app, predict_files, cfg.top_k), cfg.max_upload_bytes, cfg.body_timeout_s,
+                              default_drain_cap_bytes(cfg.max_upload_bytes)), metrics)
 
 
 def _header_safe(text: str) -> str:
