@@ -509,8 +509,7 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
             raise HTTPException(404, "not found")
         return Response(_static(name), media_type=types[Path(name).suffix] + "; charset=utf-8")
 
-    return Metered(BodyLimit(RawPredictFastPath(app, predict_files, cfg.top_k), cfg.max_upload_bytes, cfg.body_timeout_s,
-                              default_drain_cap_bytes(cfg.max_upload_bytes)), metrics)
+    return Metered(BodyLimit(RawPredictFastPath(app, predict_files, cfg.top_k), cfg.max_upload_bytes, cfg.body_timeout_s), metrics)
 
 
 def _header_safe(text: str) -> str:
