@@ -63,8 +63,9 @@ class Plan:
 def images_per_second(size: int, num_classes: int, channels: int, cfg: TrainConfig, steps: int = 3) -> float:
     """Training speed of the auto model at `size` px on this machine: two warm-up steps, then the fastest of
     `steps` timed ones (the fastest is the least disturbed by whatever else the machine is doing)."""
-    from cnnlab.engine.device import autocast, resolve_device, resolve_precision
-    from cnnlab.engine.trainer import train_loss
+    from cnnlab.engine.device import resolve_device, resolve_precision
+    from cnnlab.engine.model_file import default_normalization
+    from cnnlab.engine.trainer import StepContext, train_step
     from cnnlab.models import create_model
 
     device = resolve_device(cfg.device)
@@ -74,18 +75,14 @@ def images_per_second(size: int, num_classes: int, channels: int, cfg: TrainConf
     try:
         model = create_model(AUTO_MODEL, num_classes, channels, (size, size)).to(device).train()
         model = model.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(model.parameters(), 1e-4)
-        x = torch.rand(bs, channels, size, size, device=device).contiguous(memory_format=torch.channels_last)
-        t = torch.full((bs, max(num_classes, 2)), 1.0 / max(num_classes, 2), device=device)
+        ctx = StepContext(model, torch.optim.AdamW(model.parameters(), 1e-4), cfg, default_normalization(channels),
+                          device, precision, num_classes, check_finite=False)
+        x = torch.randint(0, 256, (bs, size, size, channels), dtype=torch.uint8)  # what the loader hands the step
+        y = torch.arange(bs) % max(num_classes, 2)
         best = float("inf")
         for i in range(steps + 2):
             t0 = time.perf_counter()
-            with autocast(device, precision):
-                out = model(x)
-            loss = train_loss(out, t[:, : out.shape[1]] if out.shape[1] > 1 else t)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(ctx, x, y)  # the training step itself, as fit runs it (without augmentation)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= 2:

@@ -6,12 +6,13 @@ and nothing is ever unpickled as code. Written atomically: a kill mid-write leav
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cnnlab.engine.distributed import is_main_process
+from cnnlab.engine.distributed import Context, is_main_process
 from cnnlab.engine.io import as_os_error, atomic_path
 from cnnlab.errors import CnnlabError
 
@@ -25,6 +26,54 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             torch.save(state, tmp)
         except RuntimeError as e:  # torch's zip writer reports a full disk as RuntimeError
             raise as_os_error(tmp, e) from None
+
+
+@dataclass
+class TrainState:
+    """Where a run is and what it has learnt so far: everything last.ckpt holds besides the objects' own states."""
+
+    epoch: int = 1  # the epoch to train next (or the one in progress)
+    step: int = 0  # the next batch of that epoch
+    partial: dict | None = None  # that epoch's running sums so far (loss_sum, correct, seen, seconds), summed over ranks
+    history: list[dict] = field(default_factory=list)  # one metrics row per finished epoch
+    best: dict = field(default_factory=lambda: {"accuracy": -1.0, "epoch": 0})
+    best_weights: dict | None = None  # the weights of the best val-accuracy epoch so far
+    planned_epochs: int = 0
+    run_info: dict = field(default_factory=dict)  # "started", "seconds" carry over to the resumed run's run.json
+
+
+def capture_state(state: TrainState, model, optimizer, schedule, ema, rng_states: list[torch.Tensor], distributed: bool,
+                  config: dict) -> dict[str, Any]:
+    """The checkpoint dict for `state` and the training objects (tensors and plain containers only)."""
+    return {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng_torch": rng_states[0],
+        "rng_torch_ranks": rng_states if distributed else None,
+        "epoch": state.epoch, "step": state.step, "partial": state.partial, "history": state.history,
+        "schedule": schedule.state_dict(), "planned_epochs": state.planned_epochs, "best": state.best,
+        "ema": ema.state_dict() if ema is not None else None, "best_weights": state.best_weights,
+        "config": config, "run_info": {k: state.run_info[k] for k in ("started", "seconds")},
+    }
+
+
+def restore_state(ckpt: dict[str, Any], model, optimizer, schedule, ema, dist: Context, max_epochs: int) -> TrainState:
+    """Load a checkpoint into the training objects (and this rank's RNG); returns the run's position and history."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    rng_ranks = ckpt.get("rng_torch_ranks") or []
+    torch.set_rng_state(rng_ranks[dist.rank] if len(rng_ranks) == dist.world_size else ckpt["rng_torch"])
+    planned = max_epochs
+    if ckpt.get("schedule"):
+        schedule.load_state_dict(ckpt["schedule"])
+        planned = min(max_epochs, int(ckpt["planned_epochs"]))
+    if ema is not None and ckpt.get("ema"):
+        ema.load_state_dict(ckpt["ema"])
+    state = TrainState(epoch=ckpt["epoch"], step=ckpt["step"], history=list(ckpt["history"]), planned_epochs=planned,
+                       partial=ckpt.get("partial") if dist.is_main else None,  # saved summed over ranks: rank 0 carries it on
+                       best_weights=ckpt.get("best_weights"),
+                       run_info={k: v for k, v in ckpt.get("run_info", {}).items() if k in ("started", "seconds")})
+    if ckpt.get("best"):
+        state.best = dict(ckpt["best"])
+    return state
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
