@@ -1,12 +1,48 @@
-"""cnnlab: learn, experiment with and deploy CNN image classifiers (PyTorch)."""
+"""cnnlab: learn, experiment with and deploy CNN image classifiers (PyTorch).
 
-__version__ = "0.1.0"
+The public names are loaded on first use (PEP 562 `__getattr__`), so `import cnnlab` — and with it the CLI's
+`--help` — does not import torch.
+"""
 
-from cnnlab.api import create_model, evaluate, list_models, load, load_dataset, predict, train  # noqa: E402
-from cnnlab.config import TrainConfig  # noqa: E402
-from cnnlab.errors import CnnlabError  # noqa: E402
-from cnnlab.insight.explain import explain  # noqa: E402
-from cnnlab.models import register_model  # noqa: E402
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+from cnnlab._version import __version__
+
+_EXPORTS = {  # public name -> the module that defines it
+    "load_dataset": "cnnlab.api", "create_model": "cnnlab.api", "list_models": "cnnlab.api", "train": "cnnlab.api",
+    "evaluate": "cnnlab.api", "predict": "cnnlab.api", "load": "cnnlab.api", "register_model": "cnnlab.models",
+    "explain": "cnnlab.insight.explain", "TrainConfig": "cnnlab.config", "CnnlabError": "cnnlab.errors",
+    "Callback": "cnnlab.engine.callbacks", "StopTraining": "cnnlab.engine.trainer",
+}
 
 __all__ = ["load_dataset", "create_model", "list_models", "register_model", "train", "evaluate", "predict", "explain", "load",
-           "TrainConfig", "CnnlabError", "__version__"]
+           "TrainConfig", "CnnlabError", "Callback", "StopTraining", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")  # `cnnlab.models` etc. without importing them first
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from cnnlab.api import create_model, evaluate, list_models, load, load_dataset, predict, train
+    from cnnlab.config import TrainConfig
+    from cnnlab.engine.callbacks import Callback
+    from cnnlab.engine.trainer import StopTraining
+    from cnnlab.errors import CnnlabError
+    from cnnlab.insight.explain import explain
+    from cnnlab.models import register_model

@@ -4,6 +4,10 @@ Precedence: defaults < YAML file (`--config`) < explicit CLI flags / keyword arg
 Unknown keys and wrong types are errors that name the key and the fix (nanoGPT-style loud overrides).
 Where the run is written (`out`, `overwrite`, `resume`) is not part of the experiment, so it is not here:
 `cnnlab train --config RUN/config.yaml` repeats an experiment into a new run folder.
+
+Each option is declared once, as a field: its default, and in its metadata (`option(...)`) the help, choices,
+metavar and flag spelling that cnnlab.cli turns into the command-line flag. DataOptions holds the options of
+every command that reads a dataset; TrainConfig adds the training options.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cnnlab.errors import ConfigError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -24,13 +26,23 @@ DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("auto", "adamw", "sgd", "adam")
 SCHEDULES = ("auto", "onecycle", "cosine", "constant", "plateau")
 AUGMENTS = ("auto", "none", "light", "standard", "strong")
+CHANNELS = (1, 3)  # grey, RGB
+
+# Defaults that several modules need, stated once.
+DEFAULT_IMAGE_SIZE = 100  # image folders are resized to N x N (the seed's 100x100 images); also sizes an unbuilt model
+DEFAULT_CHANNELS = 3
+DEFAULT_NUM_CLASSES = 2  # sizes a model built without data (`cnnlab models`, `cnnlab summary --model`)
+DEFAULT_VAL_SPLIT = 0.1  # fraction of train held out for validation when the data has no val split
+DEFAULT_MAX_BAD_FRACTION = 0.01  # unreadable images skipped up to this fraction, then an error
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_TIME_BUDGET_S = 600.0  # non-seed models without --epochs train for this long
 
 # The recipe for every model but seed_cnn (which keeps the tutorial's Adam, constant LR, 5 epochs).
 # Measured on 2000 cats/dogs JPEGs at 96 px (docs/recipes.md): AdamW + one-cycle + flip/translate +
 # label smoothing + TTA beats SGD and plain Adam clearly within a few CPU minutes.
-SEED_RECIPE = {"epochs": 5, "batch_size": 64, "lr": 1e-3, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
+SEED_RECIPE = {"epochs": 5, "batch_size": DEFAULT_BATCH_SIZE, "lr": 1e-3, "optimizer": "adam", "schedule": "constant", "weight_decay": 0.0,
                "label_smoothing": 0.0, "augment": "none", "tta": False}
-ZOO_RECIPE = {"batch_size": 64, "lr": 3e-3, "optimizer": "adamw", "schedule": "onecycle", "weight_decay": 0.05,
+ZOO_RECIPE = {"batch_size": DEFAULT_BATCH_SIZE, "lr": 3e-3, "optimizer": "adamw", "schedule": "onecycle", "weight_decay": 0.05,
               "label_smoothing": 0.1, "augment": "light", "tta": True}
 # Fine-tuning a pretrained backbone (docs/recipes.md, "Pretrained backbones"), after the frozen phase (the head
 # fitted on features computed once: FROZEN_EPOCHS epochs on a time budget, fastai's 1 when --epochs is given):
@@ -40,51 +52,123 @@ PRETRAINED_RECIPE = {"batch_size": 32, "lr": 1e-3, "optimizer": "adamw", "schedu
                      "label_smoothing": 0.1, "augment": "light", "tta": True}
 FROZEN_EPOCHS = 10
 PRETRAINED_PATIENCE = 2  # fine-tuning on a time budget stops after this many epochs without a better val accuracy
-DEFAULT_TIME_BUDGET_S = 600.0  # non-seed models without --epochs train for this long
+
+
+def scratch_augment(channels: int, size: int) -> str:
+    """The augmentation preset the default recipe trains a model from scratch with: standard (flip, crop, rotation,
+    colour) for colour images of 48 px or more, light otherwise (docs/recipes.md)."""
+    return "standard" if channels == 3 and size >= 48 else "light"
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str | None = None, flag: str | None = None, metavar: str | None = None,
+           choices: tuple | None = None, cli: bool = True, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that also declares its command-line flag (cnnlab.cli generates the flag from it).
+
+    flag: the spelling when it is not `--` + the name with dashes (`--aug` for augment); cli=False: no flag.
+    The kind of flag follows the field's type: a bool that defaults to False is a switch (`--ema`), other bools
+    get `--x / --no-x`, a dict is a repeatable KEY=VALUE option, list[int] is H,W,C and list[str] is A,B,...
+    """
+    meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices}
+    meta = {k: v for k, v in meta.items() if v is not None}
+    return field(default=default, default_factory=default_factory, metadata={**meta, "cli": cli})
 
 
 @dataclass
-class TrainConfig:
-    data: str = ""
-    model: str = "auto"  # a registry name; auto: chosen with the image size and augmentation (engine/auto.py)
-    model_args: dict[str, Any] = field(default_factory=dict)
-    pretrained: bool | None = None  # start from ImageNet weights; None: the default recipe uses them when they are on this machine
-    weights: str | None = None  # a catalogued weight set (cnnlab models --pretrained) or a weights file; implies pretrained
-    freeze_epochs: int | None = None  # pretrained: epochs of head-only training on the frozen backbone first; None: the recipe's
-    freeze: bool = False  # pretrained: keep the backbone frozen throughout (only the new head trains)
-    backbone_lr: float = 0.1  # pretrained, unfrozen: the backbone's learning rate as a fraction of the head's (discriminative LRs)
-    freeze_early: bool = True  # pretrained, unfrozen: keep the stem and the 1/2- and 1/4-resolution blocks frozen (faster steps)
-    epochs: int | None = None  # None: 5 for seed_cnn; other models train for time_budget (default 600 s)
-    batch_size: int | None = None  # None: 64; the default recipe (model auto) chooses 32 for small training sets (engine/auto.py)
-    lr: float | None = None  # peak LR; None: 1e-3 for seed_cnn (Adam), 3e-3 otherwise (AdamW one-cycle)
-    optimizer: str = "auto"  # adamw | sgd (Nesterov) | adam; auto: adam for seed_cnn, adamw otherwise
-    weight_decay: float | None = None  # decoupled for AdamW; never applied to norm weights or biases
-    schedule: str = "auto"  # onecycle | cosine (warmup) | constant | plateau; auto: constant for seed_cnn
-    momentum: float = 0.9  # SGD only
-    label_smoothing: float | None = None  # None: 0 for seed_cnn, 0.1 otherwise
-    ema: bool = False  # evaluate and save an exponential moving average of the weights
-    ema_decay: float = 0.999
-    grad_clip: float = 0.0  # max global gradient norm; 0 = off
-    patience: int = 0  # early stopping: epochs without a better val accuracy; 0 = off
-    time_budget: float | None = None  # seconds for training + validation; epochs and schedule are planned to fit
-    balance: bool = False  # weight the loss by inverse class frequency (imbalanced data)
-    augment: str = "auto"  # none | light | standard | strong; auto: none for seed_cnn, light otherwise
-    aug_args: dict[str, Any] = field(default_factory=dict)  # per-op overrides, e.g. {rotate: 15, mixup: 0.2}
-    tta: bool | None = None  # flip test-time augmentation for the final test score; None: on except seed_cnn
-    test_scale: float | None = None  # eval-time input enlargement (models/layers.test_resize); None: from the crop augmentation; 1: off
-    image_size: int | None = None  # resize images to N x N (None: keep the dataset's size; folders: 100)
-    train_size: int | None = None  # train on N x N random crops of the loaded images, evaluate whole images at their size; None: the image size
-    image_shape: list[int] | None = None  # H, W, C for seed CSV rows (None: infer a square shape)
-    channels: int | None = None  # 3 (RGB) or 1 (grey) for image folders (None: 3)
-    classes: list[str] | None = None  # class names for numeric labels (CSV / npz)
-    val_split: float = 0.1  # fraction of train held out for validation when the data has no val split
-    seed: int = 0
-    precision: str = "auto"  # auto: bf16 autocast where the CPU/GPU runs it natively, else fp32
-    device: str = "auto"
-    deterministic: bool = False
-    max_bad_fraction: float = 0.01  # unreadable images skipped up to this fraction, then an error
-    stream: bool | None = None  # image folders: decode batches from disk (True), into memory (False); None: stream when too big for memory
-    workers: int | None = None  # decoding processes when streaming; None: one per core but one, 1-4 (0: in the training process)
+class DataOptions:
+    """How to read a dataset: the options of every command that takes --data (train, evaluate, predict, show,
+    data convert/check, tune, lr-find). None means not given: the loader's default, or, for a trained model,
+    the setting it was trained with.
+
+    Adding a data option is one field here: each of those commands gets the flag, `load_kwargs()` passes it to
+    cnnlab.load_dataset, and TrainConfig (a subclass) records it in config.yaml.
+    """
+
+    data: str | None = option(None, metavar="SPEC", help="dataset folder, labels table (.csv), seed CSV folder, .npz, builtin:shapes /"
+                                                         " builtin:digits, or a public dataset: cifar10, cifar100, mnist, fashion-mnist")
+    image_size: int | None = option(None, metavar="N", help="resize images to N x N")  # None: keep the data's size; folders: DEFAULT_IMAGE_SIZE
+    image_shape: list[int] | None = option(None, metavar="H,W,C", help="shape of one seed-CSV row (default: inferred square)")
+    channels: int | None = option(None, choices=CHANNELS, help="3 = RGB, 1 = greyscale")  # None: 3 for image folders
+    classes: list[str] | None = option(None, metavar="A,B,...", help="class names for numeric labels")  # CSV / npz labels
+    val_split: float | None = option(None, metavar="F", help=f"fraction of train held out for validation (default {DEFAULT_VAL_SPLIT:g})")
+    max_bad_fraction: float | None = option(None, metavar="F",
+                                            help=f"skip unreadable images up to this fraction (default {DEFAULT_MAX_BAD_FRACTION:g})")
+    stream: bool | None = option(None, help="image folders: decode batches from disk in worker processes instead of loading all images into"
+                                            " memory (default: stream when the decoded images would exceed a quarter of available memory)")
+    workers: int | None = option(None, metavar="N", help="decoding processes when streaming (default: cores - 1, 1 to 4; 0 = none)")
+    labels: str | None = option(None, metavar="FILE.csv", help="a labels table (CSV/TSV with a header row) naming each image of --data FOLDER"
+                                                               " and its label; paths relative to the folder or to the table's folder (a"
+                                                               " .csv given as --data needs no --labels)")
+    file_col: str | None = option(None, metavar="NAME", help="labels table: the column of image files (default: detected — fname, file,"
+                                                             " filename, image, image_id, id, path, or the only column of image file names)")
+    label_col: str | None = option(None, metavar="NAME", help="labels table: the column of labels (default: detected — label, labels, class,"
+                                                              " target, category, or the only other column)")
+    label_delim: str | None = option(None, metavar="CHAR", help="labels table: the character between several labels in one cell, e.g. ' '"
+                                                                " or '|' (multi-label)")
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """The options that are set, as keyword arguments of cnnlab.load_dataset (the SPEC itself left out)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(DataOptions) if f.name != "data" and getattr(self, f.name) is not None}
+
+
+def _data_default(name: str, default: Any) -> Any:
+    """A DataOptions field, declared there, with the default a training run records instead of None."""
+    return field(default=default, metadata=next(f for f in dataclasses.fields(DataOptions) if f.name == name).metadata)
+
+
+@dataclass
+class TrainConfig(DataOptions):
+    """Everything that defines a training run; each field with a flag is a `cnnlab train` option."""
+
+    data: str = _data_default("data", "")
+    val_split: float = _data_default("val_split", DEFAULT_VAL_SPLIT)
+    max_bad_fraction: float = _data_default("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)
+    model: str = option("auto", help="registry name (see `cnnlab models`); default auto: chosen with the image size and augmentation from the"
+                                     " data and time budget (docs/recipes.md)")  # engine/auto.py chooses
+    model_args: dict[str, Any] = option(default_factory=dict, flag="--model-arg", metavar="KEY=VALUE", help="model argument, e.g. width=48")
+    pretrained: bool | None = option(None, help="start from ImageNet weights (`cnnlab models --pretrained` lists them); default: the default recipe"
+                                                " fine-tunes a pretrained backbone when its weights are on this machine, --no-pretrained trains from scratch")
+    weights: str | None = option(None, metavar="NAME|FILE", help="start from these weights: a catalogued weight set or a state-dict/safetensors"
+                                                                 " file (implies --pretrained)")
+    freeze_epochs: int | None = option(None, metavar="N", help="pretrained: train only the new head for the first N epochs (on features computed"
+                                                                 " once), then unfreeze")  # None: the recipe's
+    freeze: bool = option(False, help="pretrained: keep the backbone frozen throughout (train the head only)")
+    backbone_lr: float = option(0.1, metavar="F", help="pretrained, unfrozen: the backbone's learning rate as a fraction of the head's"
+                                                       " (default 0.1)")  # discriminative LRs
+    freeze_early: bool = option(True, help="pretrained, unfrozen: keep the stem and the blocks at 1/2 and 1/4 resolution frozen (default on:"
+                                           " ~1.5-2x faster steps on a CPU; --no-freeze-early unfreezes every layer)")
+    epochs: int | None = option(None, help=f"default {SEED_RECIPE['epochs']} for seed_cnn; other models train for --time-budget")
+    time_budget: float | None = option(None, metavar="SECONDS", help="plan epochs and LR schedule to finish training within this time (default"
+                                                                     f" {DEFAULT_TIME_BUDGET_S:g} for non-seed models without --epochs)")
+    batch_size: int | None = option(None, help="images per optimizer step (the global batch with --nproc); default"
+                                               f" {DEFAULT_BATCH_SIZE}, the default recipe chooses 32 for up to 10000 training images")
+    lr: float | None = option(None, help=f"(peak) learning rate; default {SEED_RECIPE['lr']:g} for seed_cnn, {ZOO_RECIPE['lr']:g} otherwise")
+    optimizer: str = option("auto", choices=OPTIMIZERS, help="sgd uses Nesterov momentum")  # auto: adam for seed_cnn, adamw otherwise
+    schedule: str = option("auto", choices=SCHEDULES)  # onecycle | cosine (warmup) | constant | plateau; auto: constant for seed_cnn
+    weight_decay: float | None = option(None, help=f"not applied to norm weights and biases (default {ZOO_RECIPE['weight_decay']:g} for AdamW)")
+    momentum: float = option(0.9, cli=False)  # SGD only
+    label_smoothing: float | None = option(None, metavar="F")  # None: 0 for seed_cnn, 0.1 otherwise
+    ema: bool = option(False, help="evaluate and save an exponential moving average of the weights")
+    ema_decay: float = option(0.999, cli=False)
+    grad_clip: float = option(0.0, metavar="NORM", help="clip the global gradient norm (0 = off)")
+    accum_steps: int = option(1, metavar="N", help="add up the gradients of N batches before each optimizer step: the update of an N times"
+                                                   " larger batch, in the memory of one (default 1)")
+    checkpoint_every: str = option("auto", metavar="N|TIME", help="also save last.ckpt mid-epoch every N optimizer steps or every TIME (90s,"
+                                                                  " 10m, 1h), so a killed run loses at most that much; auto = every 5"
+                                                                  " minutes, off = at epoch ends only")
+    patience: int = option(0, metavar="N", help="stop after N epochs without a better val accuracy")  # 0 = off
+    balance: bool = option(False, help="weight the loss by inverse class frequency")
+    augment: str = option("auto", flag="--aug", choices=AUGMENTS, help="augmentation preset")  # auto: none for seed_cnn, light otherwise
+    aug_args: dict[str, Any] = option(default_factory=dict, flag="--aug-arg", metavar="OP=VALUE", help="per-op override, e.g. rotate=15 or mixup=0.2")
+    tta: bool | None = option(None, help="test-time augmentation for the final test score: each image and its mirror, at the trained size and the"
+                                         " test scale when the model has one (default on except seed_cnn)")
+    train_size: int | None = option(None, metavar="N", help="train on N x N random crops of the --image-size images and evaluate the whole"
+                                                            " images (global-pool models; default recipe on folders: chosen with the image size)")
+    test_scale: float | None = option(None, metavar="F", help="enlarge inputs F times in eval mode (global-pool models; default: matched to --aug's"
+                                                              " random crops, 1 = off)")  # models/layers.test_resize
+    seed: int = option(0)
+    precision: str = option("auto", choices=PRECISIONS)  # auto: bf16 autocast where the CPU/GPU runs it natively, else fp32
+    device: str = option("auto", choices=DEVICES)
+    deterministic: bool = option(False)
 
     def validate(self) -> "TrainConfig":
         if not self.data:
@@ -110,6 +194,8 @@ class TrainConfig:
         _check(0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1) such as 0.999")
         _check(self.grad_clip >= 0 and math.isfinite(self.grad_clip), "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
         _check(self.patience >= 0, "patience", self.patience, "a whole number >= 0 (0 = off)")
+        _check(self.accum_steps >= 1, "accum_steps", self.accum_steps, "a whole number of batches >= 1 (1 = off)")
+        parse_checkpoint_every(self.checkpoint_every)
         _check(self.time_budget is None or math.isfinite(self.time_budget) and self.time_budget > 0, "time_budget",
                self.time_budget, "seconds > 0, e.g. 600")
         _check(0 <= self.val_split < 1, "val_split", self.val_split, "a fraction in [0, 1), e.g. 0.1")
@@ -118,7 +204,7 @@ class TrainConfig:
         _check(self.image_size is None or self.image_size >= 8, "image_size", self.image_size, "a size in pixels >= 8")
         _check(self.train_size is None or not isinstance(self.train_size, bool) and isinstance(self.train_size, int) and self.train_size >= 8,
                "train_size", self.train_size, "a size in pixels >= 8")
-        _check(self.channels in (None, 1, 3), "channels", self.channels, "1 (grey) or 3 (RGB)")
+        _check(self.channels is None or self.channels in CHANNELS, "channels", self.channels, "1 (grey) or 3 (RGB)")
         _check(self.precision in PRECISIONS, "precision", self.precision, "one of " + ", ".join(PRECISIONS))
         _check(self.device in DEVICES, "device", self.device, "one of " + ", ".join(DEVICES))
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, "one of " + ", ".join(OPTIMIZERS))
@@ -154,9 +240,12 @@ class TrainConfig:
         return cfg.validate()
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        return {key: values[key] for key in _HINTS}  # in the saved key order
 
     def to_yaml(self) -> str:
+        import yaml
+
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
@@ -188,8 +277,15 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
     raise ConfigError(f"{source}: {key} = {value!r} has the wrong type — expected {want}")
 
 
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-_HINTS = typing.get_type_hints(TrainConfig)
+# config.yaml (and a model file's config) lists the keys in the order earlier versions wrote them, so the files of
+# old and new runs diff cleanly; a key added later follows in declaration order.
+_SAVED_KEY_ORDER = ("data", "model", "model_args", "pretrained", "weights", "freeze_epochs", "freeze", "backbone_lr", "freeze_early", "epochs",
+                    "batch_size", "lr", "optimizer", "weight_decay", "schedule", "momentum", "label_smoothing", "ema", "ema_decay", "grad_clip",
+                    "patience", "time_budget", "balance", "augment", "aug_args", "tta", "test_scale", "image_size", "train_size",
+                    "image_shape", "channels", "classes", "val_split", "seed", "precision", "device", "deterministic", "max_bad_fraction",
+                    "stream", "workers")
+_TYPES = typing.get_type_hints(TrainConfig)
+_HINTS = {key: _TYPES[key] for key in [*(k for k in _SAVED_KEY_ORDER if k in _TYPES), *(k for k in _TYPES if k not in _SAVED_KEY_ORDER)]}
 
 
 def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None, source: str = "config") -> TrainConfig:
@@ -211,6 +307,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         p = p / "config.yaml"
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist — pass a YAML file or a run folder")
+    import yaml  # here, not at the top: `cnnlab --help` never needs it
+
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -224,3 +322,28 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{p.name}: expected a mapping of keys to values at the top level")
     return data
+
+
+CHECKPOINT_EVERY_AUTO_S = 300.0  # "auto": a mid-epoch checkpoint every 5 minutes (only epochs longer than that get one)
+
+
+def parse_checkpoint_every(value: str | int | None) -> tuple[int | None, float | None]:
+    """`--checkpoint-every` as (steps, seconds): N optimizer steps, or a time such as 90s / 10m / 1h; 'auto' is
+    every 5 minutes, 'off' (or None) only at epoch ends."""
+    if value is None or value == "off":
+        return None, None
+    if value == "auto":
+        return None, CHECKPOINT_EVERY_AUTO_S
+    text = str(value).strip().lower()
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        if text[-1:] in units:
+            seconds = float(text[:-1]) * units[text[-1]]
+            if seconds > 0:
+                return None, seconds
+        elif int(text) > 0:
+            return int(text), None
+    except ValueError:
+        pass
+    raise ConfigError(f"checkpoint_every = {value!r} is invalid — use a number of optimizer steps >= 1, a time such as 90s, 10m "
+                      "or 1h, auto (every 5 minutes) or off")

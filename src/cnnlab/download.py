@@ -3,11 +3,15 @@
 Nothing unverified ever lands at `dest`: bytes stream into ``<dest>.part`` while being hashed, and only a
 complete part whose size and sha256 match is fsynced and renamed onto `dest`. An interrupted transfer
 keeps its part so the next call asks for the rest with an HTTP Range request instead of starting over.
+A mirror that sends other bytes (a captive portal's page on plain http, a changed file) is skipped for the
+next one. Processes fetching the same file at once (the ranks of a distributed run) take turns on
+``<dest>.lock``: the first downloads, the others then find the verified file.
 Stdlib only (urllib), so fetching a file never needs an extra dependency or a shell.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import http.client
@@ -135,7 +139,7 @@ def _fetch_into_part(url: str, part: Path, size: int | None, timeout_s: float, p
     offset = part.stat().st_size if resume and part.exists() else 0
     # Hash what we already have before asking, so a slow disk never stalls an open connection.
     prefix_hash = _hash_file(part) if offset else None
-    from cnnlab import __version__  # at call time: model code importing this module may run inside cnnlab/__init__
+    from cnnlab._version import __version__  # at call time: model code importing this module may run inside cnnlab/__init__
 
     headers = {"User-Agent": f"cnnlab/{__version__}", "Accept-Encoding": "identity"}
     if offset:
@@ -189,14 +193,51 @@ def _fetch_into_part(url: str, part: Path, size: int | None, timeout_s: float, p
     return h
 
 
+@contextlib.contextmanager
+def _exclusive(dest: Path):
+    """Hold ``<dest>.lock`` (flock) while fetching `dest`; the holder removes it, so the cache keeps no lock files.
+
+    A waiter may lock a file the holder has just removed, so after locking it checks that the path still names
+    the file it locked, and tries again if not.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): concurrent fetches are still verified, at worst one fails its checksum
+        yield
+        return
+    lock = dest.parent / (dest.name + ".lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _write_failed(lock, e) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks (some network mounts): fetch unlocked
+            os.close(fd)
+            yield
+            return
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
 def download(urls: Sequence[str], dest: Path, sha256: str, size: int | None = None, *, timeout_s: float = 30.0,
              progress: Progress | None = None, what: str | None = None) -> Path:
     """Fetch a file into `dest` from the first of `urls` that works, verified against `sha256` (and `size`).
 
-    Returns `dest` at once when it already holds the right bytes. A checksum or size mismatch raises
-    DownloadError and leaves nothing behind; when no URL works the one-line DownloadError names each URL with
-    its reason and says where to place the file by hand. `progress(done_bytes, total_bytes_or_None)` is called
-    as data arrives.
+    Returns `dest` at once when it already holds the right bytes. A URL whose bytes fail the size or checksum
+    check is not saved and the next URL is tried; when no URL gives the right file the one-line DownloadError
+    names each URL with its reason and says where to place the file by hand. `progress(done_bytes,
+    total_bytes_or_None)` is called as data arrives.
     """
     dest = Path(dest)
     name = what or dest.name
@@ -209,12 +250,20 @@ def download(urls: Sequence[str], dest: Path, sha256: str, size: int | None = No
         if not url.lower().startswith(_SCHEMES):
             raise DownloadError(f"{name}: refusing to download {_short(url)} — only http:// and https:// URLs are allowed")
 
+    if dest.exists() and sha256_file(dest).startswith(expected):  # before locking: a read-only cache still works
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest):
+        return _download_locked(urls, dest, expected, size, timeout_s, progress, name)
+
+
+def _download_locked(urls: Sequence[str], dest: Path, expected: str, size: int | None, timeout_s: float,
+                     progress: Progress | None, name: str) -> Path:
     if dest.exists():
-        if sha256_file(dest).startswith(expected):
+        if sha256_file(dest).startswith(expected):  # another process fetched it while we waited for the lock
             return dest
         dest.unlink()  # stale or corrupted: a verified copy replaces it below
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.parent / (dest.name + ".part")
     if part.exists() and size is not None:
         have = part.stat().st_size
@@ -247,14 +296,16 @@ def download(urls: Sequence[str], dest: Path, sha256: str, size: int | None = No
 
         got_size = part.stat().st_size
         actual = h.hexdigest()
+        # Wrong bytes are never kept, and never stop us: the next mirror may serve the right file.
         if size is not None and got_size != size:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"{url}: {name} has {got_size} bytes, expected {size} — the file was not saved; "
-                                "the mirror serves a different file")
+            failures.append(f"{url} (sent {got_size} bytes, expected {size}: a different file, not saved)")
+            continue
         if not actual.startswith(expected):
             part.unlink(missing_ok=True)
-            raise DownloadError(f"{url}: checksum mismatch for {name} (sha256 expected {expected[:12]}…, got "
-                                f"{actual[:12]}…) — the file was not saved; the mirror serves a different or corrupted file")
+            failures.append(f"{url} (checksum mismatch: sha256 expected {expected[:12]}…, got {actual[:12]}…: "
+                            "a different or corrupted file, not saved)")
+            continue
         os.replace(part, dest)
         return dest
 

@@ -4,7 +4,8 @@ Training skips unreadable images (up to --max-bad-fraction) and records them in 
 this check names each one with its reason *before* hours are spent. Image folders are checked file by
 file (every entry under each class folder, including symlinks, which training would otherwise follow
 or silently miss); other formats (seed CSV, .npz, builtin) are loaded whole, so a problem there is the
-loader's own one-line error (file, line, column).
+loader's own one-line error (file, line, column). A labels table (`labels=`, or a .csv as SPEC) is loaded the way
+training loads it, every named image decoded; rows whose file is missing count as bad, images no row names as ignored.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cnnlab.data import images
-from cnnlab.data.sources import SPLIT_DIRS, class_from_file_name, load_dataset, walk_files
-from cnnlab.errors import DataError
+from cnnlab.data import images, labels_table
+from cnnlab.data.sources import class_from_file_name, find_split_folders, load_dataset, no_classes_error, walk_files
 
 CHECK_SIZE = 32  # decode every image fully (truncation shows only then), resized small to save memory
 
@@ -29,6 +29,7 @@ class CheckReport:
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (path, why): never looked at as images
     classes: list[str] = field(default_factory=list)
     splits: dict[str, int] = field(default_factory=dict)  # readable images per split
+    notes: list[str] = field(default_factory=list)  # what loading decided (the lines training prints)
 
     @property
     def ok(self) -> bool:
@@ -36,7 +37,7 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         return {"spec": self.spec, "format": self.format, "images": self.images, "ok": self.ok,
-                "classes": self.classes, "splits": self.splits,
+                "classes": self.classes, "splits": self.splits, "notes": self.notes,
                 "bad": [{"path": p, "reason": r} for p, r in self.bad],
                 "ignored": [{"path": p, "reason": r} for p, r in self.ignored]}
 
@@ -52,9 +53,10 @@ def _ignore_reason(p: Path) -> str | None:
 
 def check_image_folder(root: Path, channels: int = 3) -> CheckReport:
     rep = CheckReport(str(root), "image-folder")
-    split_roots = {s: root / s for s in SPLIT_DIRS if (root / s).is_dir()} or {"train": root}
-    if "train" not in split_roots:
-        raise DataError(f"{root}: has {', '.join(split_roots)}/ but no train/ — add train/<class>/ folders")
+    split_roots, beside = find_split_folders(root)
+    split_roots = split_roots or {"train": root}
+    for entry in beside:
+        rep.ignored.append((str(entry), "beside the split folders, not read (only train/, val/ or valid/, validation/, eval/, and test/ are)"))
     candidates: list[tuple[str, Path]] = []
     classes: set[str] = set()
     unnamed: list[tuple[str, str]] = []
@@ -87,7 +89,9 @@ def check_image_folder(root: Path, channels: int = 3) -> CheckReport:
                     candidates.append((split, p))
     rep.classes = sorted(classes)
     if not rep.classes:
-        raise DataError(f"{root}: no class subfolders — put images in one folder per class, e.g. cats/ and dogs/")
+        raise no_classes_error(split_roots["train"], f"{root}: no class subfolders — put images in one folder per class, e.g. cats/ and dogs/")
+    if unnamed and (table := labels_table.find_naming_table(split_roots["train"])) is not None:
+        rep.notes.append(f"{table} names these images — to take their labels from it, pass --labels {table}")
     _, ok, bad = images.load_images([p for _, p in candidates], (CHECK_SIZE, CHECK_SIZE), channels=channels)
     rep.images = len(candidates) + len(unnamed)
     rep.bad = sorted(bad + unnamed)
@@ -100,10 +104,26 @@ def check_dataset(spec: str | os.PathLike, **load_options) -> CheckReport:
     """Check a dataset SPEC. Image folders: every file. Other formats: the loader's own validation."""
     spec = str(spec)
     path = Path(spec).expanduser()
+    if load_options.get("labels") is not None or (path.is_file() and path.suffix.lower() in labels_table.TABLE_SUFFIXES
+                                                  and not (path.parent / "input.csv").is_file()):
+        return check_labels_table(spec, **load_options)
     if not spec.startswith("builtin:") and path.is_dir() and not (path / "input.csv").is_file():
         return check_image_folder(path, load_options.get("channels") or 3)
     ds = load_dataset(spec, **{**load_options, "val_split": 0.0})  # raises DataError naming file/line/column
     rep = CheckReport(spec, ds.source_format, images=sum(len(s) for s in ds.splits.values()),
                       bad=list(ds.bad_files), classes=list(ds.class_names))
+    rep.splits = {k: len(v) for k, v in ds.splits.items()}
+    return rep
+
+
+def check_labels_table(spec: str, **load_options) -> CheckReport:
+    """Load a labels-table dataset with every image decoded (small) and none skipped for the bad fraction; list the
+    unreadable images and the rows whose file is missing as bad, the images no row names as ignored."""
+    opts = {**load_options, "val_split": 0.0, "image_size": CHECK_SIZE, "stream": False, "max_bad_fraction": 1.0}
+    ds = load_dataset(spec, **opts)  # a DataError/ConfigError names the table's line
+    rep = CheckReport(spec, ds.source_format, classes=list(ds.class_names), notes=list(ds.notes))
+    rep.bad = sorted(list(ds.bad_files) + list(ds.missing_files))
+    rep.ignored = [(p, "no row of the labels table names it") for p in ds.unlabelled_files]
+    rep.images = sum(len(s) for s in ds.splits.values()) + len(ds.bad_files) + len(ds.missing_files)
     rep.splits = {k: len(v) for k, v in ds.splits.items()}
     return rep

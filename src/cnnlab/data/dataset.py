@@ -35,6 +35,10 @@ class Dataset:
     load_options: dict = field(default_factory=dict)  # how it was loaded (recorded in config.yaml)
     ignored_files: list[str] = field(default_factory=list)  # files in class folders that are not images (by extension)
     notes: list[str] = field(default_factory=list)  # what loading decided for the user to know (training prints them)
+    # A labels table (cnnlab.data.labels_table): rows whose file is missing, as (where it was looked for, "TABLE line N"),
+    # and images in the data folder that no row names. Left out of the splits, listed in `notes`, never dropped in silence.
+    missing_files: list[tuple[str, str]] = field(default_factory=list)
+    unlabelled_files: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:

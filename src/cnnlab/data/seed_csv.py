@@ -37,7 +37,7 @@ from typing import BinaryIO
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from cnnlab.engine.io import atomic_path
+from cnnlab.io import atomic_path
 from cnnlab.errors import DataError
 
 __all__ = [
@@ -647,6 +647,6 @@ def write_label_csv(path: str | os.PathLike, labels: Iterable) -> None:
 
 
 def _atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object], sync: bool = True) -> None:
-    """Write through a temporary file next to ``path`` and rename it into place (engine.io.atomic_path)."""
+    """Write through a temporary file next to ``path`` and rename it into place (cnnlab.io.atomic_path)."""
     with atomic_path(path, sync=sync) as tmp, open(tmp, "wb") as f:
         write(f)

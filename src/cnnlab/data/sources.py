@@ -5,12 +5,17 @@ SPEC is a folder of class subfolders (optionally train/ val/ test/ inside), a fo
 [+ `x_test`, `y_test`, `class_names`], or `builtin:shapes` / `builtin:digits` with options
 (`builtin:shapes?n=2000&size=64&classes=4`).
 
+Split folders may be named train/ + val/ (valid/, validation/, eval/) + test/, in any case; a val folder is the
+validation split as it is. Images named by a labels table (`load_dataset("images/", labels="labels.csv")`, or
+`load_dataset("labels.csv")` when its paths are relative to its own folder) are read by cnnlab.data.labels_table.
+
 Image folders can also stream from disk instead (`stream=True`, or automatically when the decoded images
 would not fit comfortably in memory; see cnnlab.data.stream): the splits then hold paths and labels only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -21,12 +26,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data import builtin, images
+from cnnlab.data import builtin, images, labels_table, public
 from cnnlab.data.dataset import Dataset, Split
 from cnnlab.data.stream import BadFiles, scan_headers, should_stream, stream_split
-from cnnlab.errors import DataError
+from cnnlab.errors import CnnlabError, ConfigError, DataError
 
 SPLIT_DIRS = ("train", "val", "test")
+# Split folder names as fastai, Keras, timm and Ultralytics datasets use them (compared lower-cased).
+SPLIT_FOLDER_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val", "eval": "val",
+                      "test": "test", "testing": "test"}
 DEFAULT_FOLDER_SIZE = 100  # the seed's 100x100 images
 
 
@@ -42,8 +50,16 @@ def load_dataset(
     max_bad_fraction: float = 0.01,
     stream: bool | None = None,
     workers: int | None = None,
+    labels: str | os.PathLike | None = None,
+    file_col: str | None = None,
+    label_col: str | None = None,
+    label_delim: str | None = None,
 ) -> Dataset:
     """Load any supported dataset and make sure it has train (+ val when asked) splits.
+
+    labels: a labels table (CSV/TSV) naming the images of the folder `spec` and their labels; `spec` may also be
+    the table itself (its paths relative to its folder). file_col / label_col choose its columns (default:
+    detected), label_delim splits a label cell into several labels (see cnnlab.data.labels_table).
 
     stream: image folders only — True keeps paths and decodes batches from disk in `workers` processes
     (None: cnnlab.data.stream.default_workers()), False decodes everything into memory, None (default)
@@ -54,16 +70,29 @@ def load_dataset(
         classes = [c.strip() for c in classes.split(",") if c.strip()]
     if workers is not None and workers < 0:
         raise DataError(f"workers = {workers} is invalid — expected a number of decoding processes >= 0 (0: decode in the training process)")
-    if spec.startswith("builtin:"):
+    table_opts = {"file_col": file_col, "label_col": label_col, "label_delim": label_delim}
+    if labels is None and not spec.lower().endswith(labels_table.TABLE_SUFFIXES) and any(v is not None for v in table_opts.values()):
+        given = ", ".join(k for k, v in table_opts.items() if v is not None)
+        raise ConfigError(f"{given}: only a labels table has columns — pass --labels FILE.csv, or a .csv as --data")
+    if labels is not None and spec.startswith("builtin:"):
+        raise ConfigError(f"{spec}: --labels does not apply — a built-in dataset comes with its own labels; drop --labels")
+    public_name = public.match(spec)  # cifar10, mnist, … (fetched once into the cache; a local path of that name wins)
+    if public_name is not None:
+        _no_stream(spec, "a public dataset", stream)
+        ds = public.load(public_name, spec, classes, labels)
+    elif spec.startswith("builtin:"):
         _no_stream(spec, "a built-in dataset", stream)
         ds = _load_builtin(spec)
     else:
         path = Path(spec).expanduser()
         if not path.exists():
             raise DataError(f"{spec}: no such file or folder — pass a dataset folder, an .npz file or builtin:shapes")
-        if path.is_file() and path.name == "input.csv":
+        if path.is_file() and (path.name == "input.csv" or (path.name in SEED_FILES and (path.parent / "input.csv").is_file())):
             path = path.parent
-        if path.is_file() and path.suffix.lower() == ".npz":
+        if labels is not None or _is_table_file(path):
+            ds = _load_labels_table(path, labels, classes, image_size or DEFAULT_FOLDER_SIZE, channels or 3, max_bad_fraction,
+                                    stream, workers, **table_opts)
+        elif path.is_file() and path.suffix.lower() == ".npz":
             _no_stream(spec, "an .npz file", stream)
             ds = _load_npz(path, classes)
         elif path.is_dir() and (path / "input.csv").is_file():
@@ -86,8 +115,16 @@ def load_dataset(
         "image_size": image_size, "image_shape": list(image_shape) if image_shape is not None else None,
         "channels": channels, "classes": list(classes) if classes is not None else None,
         "val_split": val_split, "seed": seed, "max_bad_fraction": max_bad_fraction, "stream": stream, "workers": workers,
+        "labels": str(labels) if labels is not None else None, **table_opts,
     }
     return ds
+
+
+SEED_FILES = ("input.csv", "labels.csv", "input_test.csv", "labels_test.csv")
+
+
+def _is_table_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in labels_table.TABLE_SUFFIXES
 
 
 def _no_stream(spec: str, what: str, stream: bool | None) -> None:
@@ -130,7 +167,8 @@ def with_validation_split(ds: Dataset, fraction: float, seed: int) -> Dataset:
     idx_train, idx_val = train_test_split(np.arange(len(train)), test_size=n_val, random_state=seed, stratify=stratify)
     splits = {"train": train.subset(np.sort(idx_train)), "val": train.subset(np.sort(idx_val))}
     splits.update({k: v for k, v in ds.splits.items() if k != "train"})
-    return Dataset(ds.spec, ds.class_names, splits, ds.bad_files, ds.source_format, dict(ds.load_options), list(ds.ignored_files), list(ds.notes))
+    return dataclasses.replace(ds, splits=splits, load_options=dict(ds.load_options), ignored_files=list(ds.ignored_files),
+                               notes=list(ds.notes))  # bad_files stays the same list: streamed splits add to it
 
 
 def _labels_to_ids(labels: np.ndarray, class_names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
@@ -261,14 +299,45 @@ def image_folder_counts(spec: str) -> tuple[int, int] | None:
     path = Path(spec).expanduser()
     if not path.is_dir() or (path / "input.csv").is_file():
         return None
-    root = path / "train" if (path / "train").is_dir() else path
     try:
+        root = find_split_folders(path)[0].get("train", path)
         found, _ = _scan_class_folders(root)
     except (OSError, DataError):
         return None
     if len(found) < 2 or not all(found.values()):
         return None  # not a usable dataset: loading it gives the precise error
     return sum(len(v) for v in found.values()), len(found)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotoCounts:
+    """What the default recipe plans with before decoding anything: a dataset of image files of any sizes."""
+
+    n: int  # training images (before a random val split is taken off)
+    classes: int
+    n_val: int  # images of an explicit val split (a val/ folder, a split column); 0: split off train
+    n_test: int
+
+
+def photo_counts(spec: str, labels: str | None = None, file_col: str | None = None, label_col: str | None = None,
+                 label_delim: str | None = None) -> PhotoCounts | None:
+    """Counts of an image-folder or labels-table dataset from a listing or the table (no image decoded); None for
+    fixed-size data (seed CSV, .npz, built-ins) or a dataset that loading will refuse (it gives the precise error)."""
+    if labels is not None or spec.lower().endswith(labels_table.TABLE_SUFFIXES):
+        try:
+            table = labels_table.read_labels_table(labels if labels is not None else spec, file_col=file_col, label_col=label_col,
+                                                   label_delim=label_delim)
+        except (OSError, CnnlabError):
+            return None
+        by_split = {name: [r for r in table.rows if (r.split or "train") == name] for name in ("train", "val", "test")}
+        k = len({lab for r in by_split["train"] for lab in r.labels})
+        return PhotoCounts(len(by_split["train"]), k, len(by_split["val"]), len(by_split["test"])) if k >= 2 else None
+    counts = image_folder_counts(spec)
+    if counts is None:
+        return None
+    dirs = find_split_folders(Path(spec).expanduser())[0]
+    extra = {name: (image_folder_counts(str(dirs[name])) or (0, 0))[0] if name in dirs else 0 for name in ("val", "test")}
+    return PhotoCounts(counts[0], counts[1], extra["val"], extra["test"])
 
 
 _NUMBERED = re.compile(r"[\s._-]*\(?\d+\)?$")  # the numbering after a class name: ".123", "_10", " (2)"
@@ -324,28 +393,74 @@ def _scan_class_folders(root: Path, ignored: list[str] | None = None) -> tuple[d
     return dict(sorted(found.items())), bool(found)
 
 
+def find_split_folders(root: Path) -> tuple[dict[str, Path], list[Path]]:
+    """({split: folder}, what lies beside them unread) when `root` holds split folders, else ({}, []): `root` holds classes.
+
+    Split folders are train/ with val/ (valid/, validation/, eval/) and test/, in any case (SPLIT_FOLDER_NAMES). Without
+    train/, a val/ or test/ folder is an error, while valid/, validation/ or eval/ beside other folders are classes
+    (a dataset of 'valid' and 'invalid' images). Folders and images beside the split folders are returned so that
+    loading names them instead of leaving them out in silence."""
+    entries = sorted(e for e in root.iterdir() if not e.name.startswith("."))
+    found: dict[str, Path] = {}
+    for e in entries:
+        split = SPLIT_FOLDER_NAMES.get(e.name.lower()) if e.is_dir() else None
+        if split is None:
+            continue
+        if split in found:
+            raise DataError(f"{root}: {found[split].name}/ and {e.name}/ would both be the {split} split — merge them or rename one")
+        found[split] = e
+    if not found:
+        return {}, []
+    if "train" not in found:
+        classes_beside = any(e.is_dir() and e not in found.values() for e in entries)
+        if classes_beside and not any(p.name.lower() in ("val", "test") for p in found.values()):
+            return {}, []
+        raise DataError(f"{root}: has {', '.join(p.name + '/' for p in found.values())} but no train/ — add train/<class>/ folders")
+    beside = [e for e in entries if e not in found.values() and (e.is_dir() or images.is_image_file(e))]
+    return found, beside
+
+
+def no_classes_error(folder: Path, message: str) -> DataError:
+    """The error for a folder whose images have no classes: it names a labels table that names them, when there is one."""
+    table = labels_table.find_naming_table(folder)
+    if table is None:
+        return DataError(message)
+    return DataError(f"{folder}: no class subfolders, but {table} names its images — pass that table with --labels {table}")
+
+
 def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: float, stream: bool | None = False,
                        workers: int | None = None) -> Dataset:
-    split_roots = {s: root / s for s in SPLIT_DIRS if (root / s).is_dir()}
-    if split_roots and "train" not in split_roots:
-        raise DataError(f"{root}: has {', '.join(split_roots)}/ but no train/ — add train/<class>/ folders")
+    split_roots, beside = find_split_folders(root)
     if not split_roots:
         split_roots = {"train": root}
     ignored: list[str] = []
     scanned, by_name = {}, False
     for split, r in split_roots.items():
-        scanned[split], named = _scan_class_folders(r, ignored)
+        try:
+            scanned[split], named = _scan_class_folders(r, ignored)
+        except DataError as e:
+            raise no_classes_error(r, str(e)) from None
         by_name = by_name or named
     class_names = sorted(scanned["train"])
+    train_root = split_roots["train"]
     if not class_names:
-        raise DataError(f"{split_roots['train']}: no class subfolders — put images in one folder per class, e.g. cats/ and dogs/")
+        raise no_classes_error(train_root, f"{train_root}: no class subfolders — put images in one folder per class, e.g. cats/ and dogs/")
+    if not by_name and len(class_names) == 1:  # one subfolder: the images' classes may be in a table
+        raise no_classes_error(train_root, f"{train_root}: found 1 class ({class_names[0]!r}) — a classifier needs at least 2 classes")
     if by_name and len(class_names) < 2:
-        raise DataError(f"{split_roots['train']}: no class subfolders, and the file names give one class ({class_names[0]!r})"
-                        " — put images in one folder per class, e.g. cats/ and dogs/, or name them cat.0.jpg, dog.0.jpg")
+        raise no_classes_error(train_root, f"{train_root}: no class subfolders, and the file names give one class ({class_names[0]!r})"
+                                " — put images in one folder per class, e.g. cats/ and dogs/, or name them cat.0.jpg, dog.0.jpg")
     notes = []
     if by_name:
         counts = ", ".join(f"{name} {len(files)}" for name, files in scanned["train"].items())
         notes.append(f"classes from the file names (no class subfolders): {counts}")
+        table = labels_table.find_naming_table(train_root)
+        if table is not None:
+            notes.append(f"{table} names these images too — to take their labels from it instead, pass --labels {table}")
+    if beside:
+        names = [e.name + ("/" if e.is_dir() else "") for e in beside]
+        notes.append(f"warning: {root}: left out {labels_table.names_text(names)} beside the split folders — only train/,"
+                     " val/ (or valid/, validation/, eval/) and test/ are read")
     if ignored:
         exts = Counter(Path(p).suffix.lower() or "(no extension)" for p in ignored)
         kinds = ", ".join(f"{n} {e}" for e, n in exts.most_common(4)) + (", …" if len(exts) > 4 else "")
@@ -356,14 +471,26 @@ def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: f
                 where = split_roots[split] / name
                 raise DataError(f"{where}: class folder has no images (jpg, png, webp, heic, avif, …) — add images or remove the folder; `cnnlab data check` lists what it ignored")
             if name not in class_names:
-                raise DataError(f"{split_roots[split] / name}: class {name!r} is not in train/ — classes: {', '.join(class_names)}")
-    splits, bad = {}, []
-    total = sum(len(files) for found in scanned.values() for files in found.values())
-    streamed = should_stream(total, (size, size, channels), stream)
-    bad_log = BadFiles(bad, total, max_bad_fraction)  # shares the `bad` list, which becomes Dataset.bad_files
+                raise DataError(f"{split_roots[split] / name}: class {name!r} is not in {train_root.name}/ — classes: {', '.join(class_names)}")
+    groups = {}
     for split, found in scanned.items():
         paths = [p for name in class_names for p in found.get(name, [])]
         labels = np.array([i for i, name in enumerate(class_names) for _ in found.get(name, [])], dtype=np.int64)
+        groups[split] = (paths, labels)
+    splits, bad = decode_splits(groups, size, channels, max_bad_fraction, stream, workers)
+    return _check_classes(Dataset(str(root), class_names, splits, bad, source_format="image-folder", ignored_files=ignored, notes=notes))
+
+
+def decode_splits(groups: dict[str, tuple[list[Path], np.ndarray]], size: int, channels: int, max_bad_fraction: float,
+                  stream: bool | None, workers: int | None) -> tuple[dict[str, Split], list[tuple[str, str]]]:
+    """({split: Split}, bad files) from {split: (image paths, int64 labels)}: decoded into memory at size x size, or kept as
+    paths to decode batch by batch (stream: True, or None and too big for memory). Unreadable files are left out and
+    listed; more than max_bad_fraction of them is a DataError."""
+    splits, bad = {}, []
+    total = sum(len(paths) for paths, _ in groups.values())
+    streamed = should_stream(total, (size, size, channels), stream)
+    bad_log = BadFiles(bad, total, max_bad_fraction)  # shares the `bad` list, which becomes Dataset.bad_files
+    for split, (paths, labels) in groups.items():
         if streamed:  # headers only now; pixels are decoded batch by batch while training
             ok, bad_here = scan_headers(paths)
             bad.extend(bad_here)
@@ -379,7 +506,104 @@ def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: f
             f"{len(bad)} of {total} images are unreadable (more than max_bad_fraction={max_bad_fraction:g}), first: {path}: {reason}"
             " — remove or fix them, or raise --max-bad-fraction"
         )
-    return _check_classes(Dataset(str(root), class_names, splits, bad, source_format="image-folder", ignored_files=ignored, notes=notes))
+    return splits, bad
+
+
+def _load_labels_table(spec_path: Path, labels: str | os.PathLike | None, classes: list[str] | None, size: int, channels: int,
+                       max_bad_fraction: float, stream: bool | None, workers: int | None, *, file_col: str | None,
+                       label_col: str | None, label_delim: str | None) -> Dataset:
+    """Images named by a labels table: `spec_path` is the image folder (with `labels`) or the table (paths relative to it)."""
+    if labels is None:
+        root, table_path = spec_path.parent, spec_path
+    else:
+        if not spec_path.is_dir():
+            raise ConfigError(f"{spec_path}: with --labels, --data is the folder of the images the table names — pass that folder")
+        root, table_path = spec_path, Path(labels).expanduser()
+        if not table_path.exists() and not table_path.is_absolute() and (root / table_path).is_file():
+            table_path = root / table_path  # labels.csv inside the image folder, named relative to it (as fastai's from_csv)
+    table = labels_table.read_labels_table(table_path, file_col=file_col, label_col=label_col, label_delim=label_delim)
+    if table.multi_label:  # several labels per image (or none): the classifier this loader feeds takes one class per image
+        rows = [f"line {r.line} " + (repr(" ".join(r.labels)) if r.labels else "(no label)") for r in table.rows if len(r.labels) != 1]
+        raise ConfigError(f"{table.path}: {len(rows)} row(s) do not hold exactly one label when split by label_delim"
+                          f" {table.label_delim!r}: {labels_table.names_text(rows)} — training on several labels per image is"
+                          " not available yet; give each row one label")
+    match = labels_table.match_files(table, root, base=table_path.parent)
+    found = match.found
+    split_of = _table_splits(table, root, found)
+    class_names = _table_class_names(table, [r for r, _ in found], classes)
+    ids = {c: i for i, c in enumerate(class_names)}
+    numeric = not set(ids).issuperset(r.labels[0] for r, _ in found)  # integer labels 0..K-1 naming --classes by position
+    trained = {r.labels[0] for (r, _), s in zip(found, split_of) if s == "train"}
+    for (r, _), s in zip(found, split_of):
+        if s != "train" and r.labels[0] not in trained:
+            raise DataError(f"{table.path} line {r.line}: class {r.labels[0]!r} is in the {s} rows but in no train row"
+                            " — add train images of it or remove its rows")
+    groups: dict[str, tuple[list[Path], list[int]]] = {}
+    for (r, path), s in zip(found, split_of):
+        paths, labels_ = groups.setdefault(s, ([], []))
+        paths.append(path)
+        labels_.append(int(r.labels[0]) if numeric else ids[r.labels[0]])
+    if "train" not in groups:
+        raise DataError(f"{table.path}: no row is in the train split ({table.split_col} marks every row {next(iter(groups))})"
+                        " — mark the training rows")
+    order = [s for s in ("train", "val", "test") if s in groups]
+    splits, bad = decode_splits({s: (groups[s][0], np.array(groups[s][1], dtype=np.int64)) for s in order}, size, channels,
+                                max_bad_fraction, stream, workers)
+    notes = _table_notes(table, root, match, split_of)
+    missing = [(str(where), f"named on line {r.line} of {table.name}, file not found") for r, where in match.missing]
+    ds = Dataset(str(root), class_names, splits, bad, source_format="labels-table", notes=notes, missing_files=missing,
+                 unlabelled_files=[str(p) for p in match.unlabelled])
+    return _check_classes(ds)
+
+
+def _table_splits(table: labels_table.LabelsTable, root: Path, found) -> list[str]:
+    """Each found row's split: the table's split column; else the split folder its file is in, when every file is in
+    train/ val/ test/ folders (SPLIT_FOLDER_NAMES) and some in train/; else train (the usual val split follows)."""
+    if table.split_col is not None:
+        return [r.split for r, _ in found]
+    tops = [SPLIT_FOLDER_NAMES.get(p.relative_to(root).parts[0].lower()) if len(p.relative_to(root).parts) > 1 else None
+            for _, p in found]
+    if all(tops) and "train" in tops:
+        return tops  # type: ignore[return-value]
+    return ["train"] * len(found)
+
+
+def _table_class_names(table: labels_table.LabelsTable, rows: list[labels_table.TableRow], classes: list[str] | None) -> list[str]:
+    """Class names: `classes` when given (labels are those names, or integers 0..K-1 by position), else the labels sorted
+    (as numbers when all are integers, so class 10 comes after class 9)."""
+    labels = [r.labels[0] for r in rows]
+    integer = all(re.fullmatch(r"[+-]?\d+", v) for v in labels)
+    if classes is not None:
+        known = set(classes)
+        if integer and not known.issuperset(labels):  # integer labels name the classes by position
+            bad = next((r for r in rows if not 0 <= int(r.labels[0]) < len(classes)), None)
+        else:
+            bad = next((r for r in rows if r.labels[0] not in known), None)
+        if bad is not None:
+            raise DataError(f"{table.path} line {bad.line}: label {bad.labels[0]!r} is not one of the classes {list(classes)}"
+                            + (f" (nor 0..{len(classes) - 1})" if integer else "") + " — fix the label or --classes")
+        return list(classes)
+    distinct = set(labels)
+    return sorted(distinct, key=lambda v: (int(v), v)) if integer else sorted(distinct)
+
+
+def _table_notes(table: labels_table.LabelsTable, root: Path, match: labels_table.TableMatch, split_of: list[str]) -> list[str]:
+    notes = [f"labels from {table.path} (file column {table.file_col!r}, label column {table.label_col!r}"
+             + (f", splits from column {table.split_col!r}" if table.split_col else "") + ")"]
+    if table.split_col is None and set(split_of) != {"train"}:
+        counts = Counter(split_of)
+        notes.append("splits from the folders the files are in: " + ", ".join(f"{s} {counts[s]}" for s in ("train", "val", "test") if s in counts))
+    if match.missing:
+        names = [f"line {r.line} {r.file}" for r, _ in match.missing]
+        notes.append(f"warning: left out {len(match.missing)} row(s) of {table.name} whose file is not in {root}: {labels_table.names_text(names)}")
+    if match.unlabelled:
+        names = [p.relative_to(root).as_posix() for p in match.unlabelled]
+        notes.append(f"warning: left out {len(names)} image(s) in {root} that no row of {table.name} names: {labels_table.names_text(names)}")
+    repeated = table.repeated + match.repeated
+    if repeated:
+        pairs = [f"line {a} = line {b}" for a, b in sorted(repeated)]
+        notes.append(f"{table.name}: {len(repeated)} row(s) repeat an earlier row for the same file, used once: {labels_table.names_text(pairs)}")
+    return notes
 
 
 def _parse_options(spec: str, allowed: dict[str, type]) -> dict:

@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from cnnlab.config import DEFAULT_TIME_BUDGET_S, ZOO_RECIPE, TrainConfig
+from cnnlab.config import DEFAULT_TIME_BUDGET_S, ZOO_RECIPE, TrainConfig, scratch_augment
 from cnnlab.data.augment import matched_test_size, resolve_ops
 
 AUTO_MODEL = "resnet9"
@@ -234,7 +234,7 @@ def plan(cfg: TrainConfig, n_train: int, native: tuple[int, int] | None, num_cla
             size = None  # keep the data as it is (it may not be square)
     shown = size or min(native or (0, 0))
     if cfg.augment == "auto":
-        changes["augment"] = "standard" if channels == 3 and shown >= 48 else "light"
+        changes["augment"] = scratch_augment(channels, shown)
     at = f"at {shown} px"
     if crops_from is not None:  # load the images as large as the crops magnify: training crops them, evaluation sees them whole
         eval_size = matched_test_size(resolve_ops(changes.get("augment", cfg.augment), cfg.aug_args), crops_from)

@@ -6,6 +6,7 @@ and nothing is ever unpickled as code. Written atomically: a kill mid-write leav
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 
 from cnnlab.engine.distributed import Context, is_main_process
 from cnnlab.engine.io import as_os_error, atomic_path
+from cnnlab.config import parse_checkpoint_every
 from cnnlab.errors import CnnlabError
 
 CKPT_FORMAT = "cnnlab-ckpt-1"
@@ -43,7 +45,7 @@ class TrainState:
 
 
 def capture_state(state: TrainState, model, optimizer, schedule, ema, rng_states: list[torch.Tensor], distributed: bool,
-                  config: dict) -> dict[str, Any]:
+                  config: dict, scaler=None) -> dict[str, Any]:
     """The checkpoint dict for `state` and the training objects (tensors and plain containers only)."""
     return {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng_torch": rng_states[0],
@@ -52,10 +54,11 @@ def capture_state(state: TrainState, model, optimizer, schedule, ema, rng_states
         "schedule": schedule.state_dict(), "planned_epochs": state.planned_epochs, "best": state.best,
         "ema": ema.state_dict() if ema is not None else None, "best_weights": state.best_weights,
         "config": config, "run_info": {k: state.run_info[k] for k in ("started", "seconds")},
+        "grad_scaler": scaler.state_dict() if scaler is not None else None,  # fp16: the loss scale and its growth tracker
     }
 
 
-def restore_state(ckpt: dict[str, Any], model, optimizer, schedule, ema, dist: Context, max_epochs: int) -> TrainState:
+def restore_state(ckpt: dict[str, Any], model, optimizer, schedule, ema, dist: Context, max_epochs: int, scaler=None) -> TrainState:
     """Load a checkpoint into the training objects (and this rank's RNG); returns the run's position and history."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
@@ -67,6 +70,8 @@ def restore_state(ckpt: dict[str, Any], model, optimizer, schedule, ema, dist: C
         planned = min(max_epochs, int(ckpt["planned_epochs"]))
     if ema is not None and ckpt.get("ema"):
         ema.load_state_dict(ckpt["ema"])
+    if scaler is not None and ckpt.get("grad_scaler"):
+        scaler.load_state_dict(ckpt["grad_scaler"])
     state = TrainState(epoch=ckpt["epoch"], step=ckpt["step"], history=list(ckpt["history"]), planned_epochs=planned,
                        partial=ckpt.get("partial") if dist.is_main else None,  # saved summed over ranks: rank 0 carries it on
                        best_weights=ckpt.get("best_weights"),
@@ -74,6 +79,34 @@ def restore_state(ckpt: dict[str, Any], model, optimizer, schedule, ema, dist: C
     if ckpt.get("best"):
         state.best = dict(ckpt["best"])
     return state
+
+
+class CheckpointEvery:
+    """--checkpoint-every: mid-epoch checkpoints every N optimizer steps or S seconds, so a kill (SIGKILL, a lost
+    machine) loses at most that much; SIGINT/SIGTERM save where they stop anyway. Epoch ends always checkpoint."""
+
+    def __init__(self, spec: str | int | None, dist: Context):
+        self.steps, self.seconds = parse_checkpoint_every(spec)
+        self.dist = dist
+        self.restart()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.steps or self.seconds)
+
+    def restart(self) -> None:
+        self.count, self.mark = 0, time.monotonic()
+
+    def due(self) -> bool:
+        """Called at every optimizer step; the same answer on every rank (time: rank 0's clock)."""
+        self.count += 1
+        if self.steps:
+            hit = self.count >= self.steps
+        else:
+            hit = self.dist.broadcast_number(float(time.monotonic() - self.mark >= self.seconds)) > 0.5
+        if hit:
+            self.restart()
+        return hit
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

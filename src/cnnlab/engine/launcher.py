@@ -24,9 +24,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from cnnlab.engine.distributed import LAUNCHER_ENV, timeout_s
+from cnnlab.engine.signals import handling
 
 GRACE_S = 30.0  # after the first failure: time for the other ranks to notice it and exit on their own
 KILL_AFTER_S = 10.0  # after SIGTERM: time before SIGKILL
@@ -57,11 +60,7 @@ def launch(nproc: int, argv: list[str], command: list[str] | None = None) -> int
                 except ProcessLookupError:
                     pass
 
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
-    for s in old:
-        signal.signal(s, forward)
-    try:
+    with handling(forward), _ranks_cleaned_up(procs, pumps):
         for rank in range(nproc):
             p = subprocess.Popen([*(command or [sys.executable, "-m", "cnnlab"]), *argv], env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                                  stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True)
@@ -70,15 +69,7 @@ def launch(nproc: int, argv: list[str], command: list[str] | None = None) -> int
             t.start()
             pumps.append(t)
         first_failure = _watch(procs, signals_seen)
-    finally:
-        for p in procs:  # only reached with live ranks if the launcher itself failed
-            if p.poll() is None:
-                p.kill()
-        for t in pumps:
-            t.join(timeout=5)
-        for s, h in old.items():
-            signal.signal(s, h)
-        del store
+    del store
     for rank in range(1, nproc):
         for line in other_lines.get(rank, []):
             if line.strip() and line.strip() not in main_lines:
@@ -92,6 +83,18 @@ def launch(nproc: int, argv: list[str], command: list[str] | None = None) -> int
     name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
     print(f"error: rank {rank} was killed by {name}", file=sys.stderr)
     return 1
+
+
+@contextmanager
+def _ranks_cleaned_up(procs: list[subprocess.Popen], pumps: list[threading.Thread]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for p in procs:  # only reached with live ranks if the launcher itself failed
+            if p.poll() is None:
+                p.kill()
+        for t in pumps:
+            t.join(timeout=5)
 
 
 def _pump(rank: int, stream, main_lines: set[str], lines: list[str]) -> None:
@@ -131,3 +134,73 @@ def _watch(procs: list[subprocess.Popen], signals_seen: list[int]) -> tuple[int,
                 if p.poll() is None:
                     p.kill()
         time.sleep(POLL_S)
+
+
+# ------------------------------------------------------------------ `cnnlab train --nproc N`: deciding and preparing the launch
+
+
+def starts_ranks(nproc: int) -> bool:
+    """Whether this process starts the ranks itself: `--nproc N` with N > 1, in the user's process.
+
+    False in a single process and inside a rank (the ranks run the same command line, --nproc included).
+    Under torchrun, --nproc is an error: torchrun starts the processes."""
+    from cnnlab.engine.distributed import env_world_size
+    from cnnlab.errors import ConfigError
+
+    if os.environ.get(LAUNCHER_ENV):
+        return False  # this process is one of the ranks
+    if env_world_size() > 1:
+        if nproc > 1:
+            raise ConfigError("--nproc starts its own processes — under torchrun leave it out (--nproc-per-node sets the count)")
+        return False
+    return nproc > 1
+
+
+def check_torchrun_config(cfg) -> None:
+    """Under torchrun every rank plans on its own, so the default recipe (model auto) could differ between ranks."""
+    from cnnlab.engine.distributed import env_world_size
+    from cnnlab.errors import ConfigError
+
+    if cfg.model == "auto" and env_world_size() > 1:
+        raise ConfigError("the default recipe measures this machine's speed to choose the image size, and ranks could"
+                          " choose differently — under torchrun pass --model and --image-size (a single-process run prints its choice)")
+
+
+def launch_training(cfg, nproc: int, argv: list[str], auto_plan, log=print) -> int:
+    """Train a checked TrainConfig `cfg` as nproc ranks of `python -m cnnlab *argv`; returns the exit code.
+
+    The GPUs are checked first. With model auto, the default recipe chooses once, here — `auto_plan(cfg)` returns
+    its engine.auto.Plan (cnnlab.api.auto_plan: it may read the data) — and every rank gets that explicit choice
+    on its command line. log(note) tells the choice (None: silent)."""
+    check_gpus_for(nproc, cfg.device)
+    if cfg.model == "auto":
+        plan = auto_plan(cfg)
+        if log is not None:
+            log(plan.note)
+        argv = [*argv, *recipe_flags(plan.cfg)]
+    return launch(nproc, argv)
+
+
+def recipe_flags(cfg) -> list[str]:
+    """The command-line flags that fix the default recipe's choices in `cfg` (a planned config) for every rank."""
+    flags = ["--model", cfg.model, "--aug", cfg.augment, "--batch-size", str(cfg.batch_size)]
+    if cfg.image_size is not None:
+        flags += ["--image-size", str(cfg.image_size)]
+    if cfg.train_size is not None:
+        flags += ["--train-size", str(cfg.train_size)]
+    if cfg.pretrained:
+        flags += ["--pretrained"] + (["--freeze"] if cfg.freeze else [])
+        flags += ["--tta" if cfg.tta else "--no-tta"] if cfg.tta is not None else []
+    return flags
+
+
+def check_gpus_for(nproc: int, device: str) -> None:
+    """On CUDA, one GPU per rank."""
+    import torch
+
+    from cnnlab.engine.device import resolve_device
+    from cnnlab.errors import ConfigError
+
+    if resolve_device(device).type == "cuda" and nproc > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {nproc} but this machine has {torch.cuda.device_count()} CUDA GPU(s) — "
+                          f"use --nproc {torch.cuda.device_count()} or --device cpu")

@@ -7,8 +7,6 @@ but nothing is saved except an optional plot: the model is thrown away afterward
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 
@@ -16,12 +14,11 @@ import numpy as np
 import torch
 
 from cnnlab.config import TrainConfig
-from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, soft_targets, training_size
+from cnnlab.data.augment import Augmenter, batch_generator, resolve_ops, training_size
 from cnnlab.data.loader import BatchReader
-from cnnlab.engine.device import autocast, resolve_device, resolve_precision
-from cnnlab.engine.inference import to_input
+from cnnlab.engine.device import resolve_device, resolve_precision
 from cnnlab.engine.model_file import default_normalization
-from cnnlab.engine.trainer import build_optimizer, epoch_order, train_loss
+from cnnlab.engine.trainer import StepContext, build_optimizer, epoch_order, set_lr, train_step
 from cnnlab.errors import ConfigError
 
 
@@ -33,14 +30,16 @@ def lr_range_test(model: torch.nn.Module, dataset, cfg: TrainConfig, start_lr: f
     cfg = cfg.resolved()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device, model)
     h, w, c = dataset.image_shape
-    augmenter = Augmenter(resolve_ops(cfg.augment, cfg.aug_args), training_size(cfg.train_size, (h, w)))
     norm = getattr(model, "cnnlab_normalization", None) or default_normalization(c)  # a pretrained model's own statistics
     reader = BatchReader(dataset.train)  # streamed folders: worker processes decode the batches
-    n, bs, k = len(dataset.train), cfg.batch_size, dataset.num_classes
+    n, bs = len(dataset.train), cfg.batch_size
     model.to(device).train()
-    optimizer = build_optimizer(model, cfg)
+    # the same step as `cnnlab train` (augmentation, precision, loss), without the divergence check: here a
+    # diverging loss is the signal to stop
+    ctx = StepContext(model, build_optimizer(model, cfg), cfg, norm, device, resolve_precision(cfg.precision, device, model),
+                      dataset.num_classes, Augmenter(resolve_ops(cfg.augment, cfg.aug_args), training_size(cfg.train_size, (h, w))),
+                      check_finite=False)
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
     lrs, losses, avg, best = [], [], 0.0, math.inf
     per_epoch = max(1, n // bs)
@@ -51,19 +50,9 @@ def lr_range_test(model: torch.nn.Module, dataset, cfg: TrainConfig, start_lr: f
 
     for i, (epoch, step, batch) in zip(range(steps), batches()):
         lr = start_lr * gamma**i
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        xb, yb = to_input(batch.x, norm, device), batch.y.to(device)
-        y2, lam = None, 1.0
-        if augmenter.enabled:
-            xb, y2, lam = augmenter(xb, yb, batch_generator(cfg.seed, epoch, step))
-        with autocast(device, precision):
-            logits = model(xb)
-        loss = train_loss(logits, soft_targets(yb, k, y2, lam, cfg.label_smoothing).to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
+        set_lr(ctx.optimizer, lr, 1.0)
+        loss, *_ = train_step(ctx, batch.x, batch.y, batch_generator(cfg.seed, epoch, step), (epoch, step))
+        value = float(loss)
         avg = 0.9 * avg + 0.1 * value if math.isfinite(value) else math.inf
         smooth = avg / (1 - 0.9 ** (i + 1))
         if not math.isfinite(smooth) or (i > 5 and smooth > 4 * best):
@@ -87,12 +76,7 @@ def _steepest(lrs: list[float], losses: list[float]) -> float | None:
 
 
 def save_plot(result: dict, path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from cnnlab.engine.io import atomic_path
+    from cnnlab.plotting import plt, save_figure
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result["lrs"], result["losses"])
@@ -103,52 +87,4 @@ def save_plot(result: dict, path: str | Path) -> Path:
         ax.axvline(result["suggested_lr"], color="tab:red", linestyle="--", label=f"suggested {result['suggested_lr']:.2g}")
         ax.legend()
     ax.set_title("LR range test")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-# ------------------------------------------------------------------ CLI (`cnnlab lr-find`)
-
-
-def add_commands(subparsers, data_subparsers) -> None:
-    from cnnlab.cli import _add_data_options, _key_value
-
-    p = subparsers.add_parser("lr-find", help="LR range test: plot loss against learning rate and suggest an LR")
-    _add_data_options(p, defaults=True)
-    p.add_argument("--model", default="seed_cnn")
-    p.add_argument("--model-arg", type=_key_value, action="append", default=[], metavar="KEY=VALUE", dest="model_args")
-    p.add_argument("--pretrained", action="store_true", help="start from the model's ImageNet weights (the LRs of fine-tuning)")
-    p.add_argument("--weights", metavar="NAME|FILE", help="start from these weights (implies --pretrained)")
-    p.add_argument("--optimizer", choices=("auto", "adamw", "sgd", "adam"), default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--start-lr", type=float, default=1e-6)
-    p.add_argument("--end-lr", type=float, default=1.0)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", metavar="FILE.png", default="lr_find.png")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_lr_find)
-
-
-def cmd_lr_find(args: argparse.Namespace) -> int:
-    from cnnlab import api
-    from cnnlab.cli import _data_options, _need_data
-
-    cfg = TrainConfig(data=_need_data(args), model=args.model, model_args=dict(args.model_args), optimizer=args.optimizer,
-                      pretrained=args.pretrained or None, weights=args.weights,
-                      batch_size=args.batch_size, seed=args.seed, **_data_options(args)).validate()
-    ds = api.dataset_for_config(cfg)
-    model = api.model_for_config(cfg, ds, seed=cfg.seed)
-    res = lr_range_test(model, ds, cfg, args.start_lr, args.end_lr, args.steps)
-    plot = save_plot(res, args.out)
-    if args.json:
-        print(json.dumps({"suggested_lr": res["suggested_lr"], "steps": res["steps"], "plot": str(plot),
-                          "lrs": res["lrs"], "losses": res["losses"]}))
-    else:
-        sug = f"{res['suggested_lr']:.2g}" if res["suggested_lr"] else "none (too few steps before the loss exploded)"
-        print(f"suggested lr: {sug}  ({res['steps']} steps)")
-        print(f"saved {plot}")
-    return 0
+    return save_figure(fig, path)

@@ -16,9 +16,10 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from cnnlab import __version__
-from cnnlab.engine.io import as_os_error, atomic_path
+from cnnlab._version import __version__
+from cnnlab.engine.run_dir import RunFolder
 from cnnlab.errors import CnnlabError, ModelError
+from cnnlab.io import as_os_error, atomic_path
 
 FORMAT = "cnnlab-model"
 FORMAT_VERSION = 1
@@ -64,10 +65,11 @@ def resolve_model_path(path: str | Path) -> Path:
     """Accept a run folder (uses its model.safetensors) or a model file."""
     p = Path(path)
     if p.is_dir():
-        if (p / "model.safetensors").is_file():
-            return p / "model.safetensors"
-        hint = " (training did not finish; resume it with `cnnlab train --resume " + str(p) + "`)" if (p / "last.ckpt").exists() else ""
-        raise ModelError(f"{p}: no model.safetensors in this run folder{hint}")
+        run = RunFolder(p)
+        if run.model_file.is_file():
+            return run.model_file
+        hint = " (training did not finish; resume it with `cnnlab train --resume " + str(p) + "`)" if run.last_ckpt.exists() else ""
+        raise ModelError(f"{p}: no {run.model_file.name} in this run folder{hint}")
     if not p.is_file():
         raise ModelError(f"{p}: no such model file or run folder")
     return p

@@ -1,14 +1,17 @@
-"""A trained classifier loaded from a model file: the one object predict, evaluate and serve use."""
+"""A trained classifier loaded from a model file: the one object predict, evaluate, explain, report and serve use."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from cnnlab.data import images
-from cnnlab.data.sources import walk_files
+from cnnlab.data.dataset import Dataset
+from cnnlab.data.sources import load_dataset, walk_files
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.inference import predict_logits, probabilities
 from cnnlab.engine.model_file import load_model_file
@@ -68,6 +71,41 @@ class Classifier:
             for i, pr in zip(ok_idx, probs):
                 results[i] = {"path": str(paths[i]), **self.describe(pr, top_k)}
         return results  # type: ignore[return-value]
+
+
+def load_classifier(run_or_model, device: str = "cpu") -> Classifier:
+    """A Classifier from a run folder, a model file, a finished training (engine.trainer.TrainResult) or a Classifier."""
+    if isinstance(run_or_model, Classifier):
+        return run_or_model
+    if isinstance(run_or_model, (str, os.PathLike)):
+        return Classifier.load(run_or_model, device)
+    from cnnlab.engine.trainer import TrainResult  # here: loading a model file never needs the training loop
+
+    if isinstance(run_or_model, TrainResult):
+        model = run_or_model.model
+        return Classifier(model, run_or_model.meta, next(model.parameters()).device, run_or_model.run_dir)
+    raise TypeError(f"expected a run folder, model file, TrainResult or Classifier, not {type(run_or_model).__name__}")
+
+
+def dataset_for_model(clf: Classifier, data: Dataset | str, **overrides: Any) -> Dataset:
+    """Load `data` the way the model saw its training data (size, channels, classes, split seed), and check that it
+    fits the model. `overrides` are load_dataset options that win over the ones taken from the model (e.g. CLI flags).
+    """
+    c, h, w = clf.input_shape
+    if isinstance(data, Dataset):
+        ds = data
+    else:
+        cfg = dict(clf.meta.get("config") or {})
+        opts = {k: cfg[k] for k in ("image_shape", "val_split", "seed", "max_bad_fraction") if cfg.get(k) is not None}
+        opts.update(classes=cfg.get("classes"), image_size=h if h == w else None, channels=c)
+        if overrides.get("labels") is not None or str(data).lower().endswith((".csv", ".tsv")):  # a labels table:
+            opts.update({k: cfg[k] for k in ("file_col", "label_col", "label_delim") if cfg.get(k) is not None})  # read as trained
+        ds = load_dataset(data, **{**opts, **overrides})
+    if tuple(ds.image_shape) != (h, w, c):
+        raise DataError(f"{ds.spec}: images are {ds.image_shape[0]}x{ds.image_shape[1]}x{ds.image_shape[2]} but the model expects {h}x{w}x{c}")
+    if list(ds.class_names) != clf.class_names:
+        raise DataError(f"{ds.spec}: classes {ds.class_names} differ from the model's {clf.class_names} — evaluate on data with the same classes")
+    return ds
 
 
 def expand_image_paths(inputs: list[str | Path]) -> list[Path]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnlab import __version__
+from cnnlab._version import __version__
 from cnnlab.config import TrainConfig
 from cnnlab.data.augment import Augmenter, batch_generator, matched_test_scale, resolve_ops, soft_targets, training_size
 from cnnlab.data.dataset import Dataset
@@ -33,7 +33,8 @@ from cnnlab.engine import distributed as ddp
 from cnnlab.engine import finetune
 from cnnlab.engine import run_dir as rd
 from cnnlab.engine.budget import TimeBudget
-from cnnlab.engine.checkpoint import TrainState, capture_state, restore_state, save_checkpoint
+from cnnlab.engine.callbacks import Callback, CallbackList, RunView
+from cnnlab.engine.checkpoint import CheckpointEvery, TrainState, capture_state, restore_state, save_checkpoint
 from cnnlab.engine.device import autocast, cpu_description, resolve_device, resolve_precision
 from cnnlab.engine.ema import ModelEMA
 from cnnlab.engine.inference import (evaluate_arrays, evaluate_on_split, loss_fn, predicted_class, probabilities, to_input,
@@ -43,7 +44,7 @@ from cnnlab.engine.progress import Progress
 from cnnlab.engine.schedule import LrSchedule
 from cnnlab.engine.signals import Interrupted, StopAtBoundary, StopRequests, handling
 from cnnlab.errors import CnnlabError, ConfigError, TrainingError
-from cnnlab.insight import plots
+from cnnlab import plotting as plots
 from cnnlab.models._registry import set_test_scale
 
 __all__ = ["fit", "train_step", "train_one_epoch", "StepContext", "TrainResult", "StopTraining", "Interrupted"]
@@ -148,21 +149,30 @@ class StepContext:
     net: nn.Module | None = None  # what runs the forward pass: the model, or its DDP wrapper in a distributed run
     run: Path | None = None  # named in the divergence error (where the last good state is)
     check_finite: bool = True  # fit stops on a NaN/inf loss; the LR range test watches the loss itself
+    scaler: torch.amp.GradScaler | None = None  # fp16: set up here (its state goes into checkpoints)
     plain_loss: bool = field(init=False)
 
     def __post_init__(self) -> None:
         self.dist = self.dist or ddp.Context(self.device)
         self.net = self.net or self.model
+        if self.precision == "fp16" and self.scaler is None:
+            # fp16 gradients below ~6e-8 flush to zero: scale the loss up for backward, unscale before the step
+            # (steps whose gradients overflowed are skipped and the scale lowered; bf16 has fp32's range and needs none)
+            self.scaler = torch.amp.GradScaler(self.device.type)
         ops = self.augmenter.ops if self.augmenter is not None else {}
         # the seed's plain loss unless the recipe needs soft targets (identical numbers for the seed pipeline)
         self.plain_loss = not (ops.get("mixup") or ops.get("cutmix") or self.cfg.label_smoothing or self.weights is not None)
 
 
 def train_step(ctx: StepContext, xb: torch.Tensor, yb: torch.Tensor, generator: torch.Generator | None = None,
-               where: tuple[int, int] = (1, 0)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+               where: tuple[int, int] = (1, 0), *, share_of_step: float = 1.0, update: bool = True, zero_grad: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """One optimizer step on a global batch: uint8 NHWC images `xb`, class ids `yb`. `generator` draws the
     augmentation; `where` (epoch, batch) names the step in errors. Returns this rank's detached loss, logits,
-    labels (on the device) and number of images."""
+    labels (on the device) and number of images.
+
+    Gradient accumulation calls it once per batch of the step: `share_of_step` (the batch's share of the step's
+    images) weights its loss, `update=False` leaves the gradients to add up, and the caller zeroes them first."""
     cfg, dist = ctx.cfg, ctx.dist
     # 1. this rank's share of the global batch (a distributed run splits every batch over the ranks)
     n_global = len(yb)
@@ -190,15 +200,31 @@ def train_step(ctx: StepContext, xb: torch.Tensor, yb: torch.Tensor, generator: 
     # 5. a NaN/inf loss (on any rank) ends the run before it reaches the weights
     if ctx.check_finite and not dist.all_finite(loss, n):
         raise _diverged(ctx, loss, n, where)
-    # 6. backward (DDP averages the gradients over the ranks), clip, step, and the weights' moving average
-    ctx.optimizer.zero_grad(set_to_none=True)
-    dist.scale_loss(loss, logits, n, n_global).backward()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), cfg.grad_clip)
-    ctx.optimizer.step()
+    # 6. backward (DDP averages the gradients over the ranks; fp16 scales the loss), then the update
+    if zero_grad:
+        ctx.optimizer.zero_grad(set_to_none=True)
+    scaled = dist.scale_loss(loss, logits, n, n_global)
+    if share_of_step != 1.0:
+        scaled = scaled * share_of_step
+    (ctx.scaler.scale(scaled) if ctx.scaler is not None else scaled).backward()
+    if update:
+        optimizer_step(ctx)
+    return loss.detach(), logits.detach(), yb, n
+
+
+def optimizer_step(ctx: StepContext) -> None:
+    """Clip the gradients, step (fp16: unscaled, skipped when they overflowed), update the weights' moving average."""
+    if ctx.cfg.grad_clip > 0:
+        if ctx.scaler is not None:
+            ctx.scaler.unscale_(ctx.optimizer)  # clip the true gradients
+        torch.nn.utils.clip_grad_norm_(ctx.model.parameters(), ctx.cfg.grad_clip)
+    if ctx.scaler is not None:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        ctx.optimizer.step()
     if ctx.ema is not None:
         ctx.ema.update(ctx.model)
-    return loss.detach(), logits.detach(), yb, n
 
 
 def _diverged(ctx: StepContext, loss: torch.Tensor, n: int, where: tuple[int, int]) -> TrainingError:
@@ -221,34 +247,59 @@ def new_epoch_stats() -> dict:
 
 
 def train_one_epoch(ctx: StepContext, reader: BatchReader, state: TrainState, steps: int, lr_factor: Callable[[int], float],
-                    stops: StopRequests, after_step: Callable[[int, dict], None] | None = None) -> dict:
+                    stops: StopRequests, after_batch: Callable[[int, dict, float], bool] | None = None,
+                    checkpoint_due: Callable[[int, dict, float], None] | None = None) -> dict:
     """Train epoch `state.epoch` from batch `state.step` to its end. `state.step` and `state.partial` (this rank's
-    running sums) follow along, so a stop between batches saves exactly where to resume. Returns the sums."""
+    running sums) follow along, so a stop between optimizer steps saves exactly where to resume. Returns the sums.
+
+    With cfg.accum_steps N the optimizer steps every N batches (gradients of an N-times larger batch). After each
+    batch, `after_batch(step, stats, loss)` may return True to end the epoch at the next optimizer step; at each
+    optimizer step `checkpoint_due(next_step, stats, t0)` may write a mid-epoch checkpoint (t0: when this call began)."""
     cfg, t0 = ctx.cfg, time.perf_counter()
     stats = state.partial = state.partial or new_epoch_stats()
-    batches = reader.batches(cfg.batch_size, epoch_order(len(reader.split), cfg.seed, state.epoch), start=state.step)
+    n_images, bs, accum = len(reader.split), cfg.batch_size, cfg.accum_steps
+    batches = reader.batches(bs, epoch_order(n_images, cfg.seed, state.epoch), start=state.step)
+    pending = False  # gradients added up since the last optimizer step
     try:
         for step in range(state.step, steps):
             state.step = step
-            stop = ctx.dist.stop_reason(stops.names)  # distributed: a signal on any rank stops every rank here
-            if stop:
-                raise StopAtBoundary(stop)
-            set_lr(ctx.optimizer, cfg.lr, lr_factor(step))  # the schedule is a pure function of the global step
+            first, last = step % accum == 0, (step + 1) % accum == 0 or step == steps - 1
+            if first:  # between optimizer steps nothing is pending: the state here resumes exactly
+                stop = ctx.dist.stop_reason(stops.names)  # distributed: a signal on any rank stops every rank here
+                if stop:
+                    raise StopAtBoundary(stop)
+                set_lr(ctx.optimizer, cfg.lr, lr_factor(step))  # the schedule is a pure function of the global step
+                ctx.optimizer.zero_grad(set_to_none=True)
             xb, yb, _ = next(batches)
-            if not len(yb):
-                continue  # every file of this batch failed to decode (streamed data; recorded in bad_files; same on every rank)
-            loss, logits, y, n = train_step(ctx, xb, yb, batch_generator(cfg.seed, state.epoch, step), (state.epoch, step))
-            stats["loss_sum"] += float(loss) * n if n else 0.0  # a rank's share may be empty
-            stats["correct"] += int((predicted_class(logits) == y).sum())
-            stats["seen"] += n
-            if after_step is not None:
-                after_step(step, stats)
+            loss = math.nan
+            if len(yb):  # (empty when every file of a streamed batch failed to decode; recorded in bad_files; same on every rank)
+                group = range(step - step % accum, min(step - step % accum + accum, steps))
+                share = 1.0 if accum == 1 else _batch_images(step, bs, n_images) / sum(_batch_images(j, bs, n_images) for j in group)
+                out, logits, y, n = train_step(ctx, xb, yb, batch_generator(cfg.seed, state.epoch, step), (state.epoch, step),
+                                               share_of_step=share, update=last, zero_grad=False)
+                loss = float(out)
+                stats["loss_sum"] += loss * n if n else 0.0  # a rank's share may be empty
+                stats["correct"] += int((predicted_class(logits) == y).sum())
+                stats["seen"] += n
+                pending = not last
+            elif last and pending:
+                optimizer_step(ctx)  # the step's earlier batches
+                pending = False
+            stop_epoch = after_batch is not None and after_batch(step, stats, loss)
+            if last and checkpoint_due is not None and step + 1 < steps:
+                checkpoint_due(step + 1, stats, t0)
+            if last and stop_epoch:
+                break
     except StopAtBoundary:
         stats["seconds"] += time.perf_counter() - t0
         raise
     state.step = steps
     stats["seconds"] += time.perf_counter() - t0
     return stats
+
+
+def _batch_images(step: int, batch_size: int, n: int) -> int:
+    return max(0, min(batch_size, n - step * batch_size))
 
 
 def score_split(model: nn.Module, split, norm: dict, device, precision: str, dist: ddp.Context, tta: bool = False) -> dict:
@@ -275,12 +326,14 @@ def fit(
     load_seconds: float | None = None,
     on_epoch_end: Callable[[dict], None] | None = None,
     spent_seconds: float = 0.0,
+    callbacks: list[Callback] | None = None,
 ) -> TrainResult:
     """Train `model` on `dataset` as `cfg` says and write a run folder. Returns a TrainResult.
 
     'auto' recipe values in cfg are resolved first (cfg.resolved()); the run folder records the result.
     In a distributed run (`--nproc N`, torchrun: see engine/distributed.py) every rank calls fit; the ranks
     split each global batch of cfg.batch_size images, and only rank 0 writes the run folder.
+    `callbacks` (engine/callbacks.py) run at fixed points and can stop training; `on_epoch_end(row)` is the short form.
     """
     fit_t0 = time.perf_counter()  # the time budget counts wall time from here (set-up, checkpoints and all)
     cfg = cfg.validate().resolved()
@@ -318,7 +371,7 @@ def fit(
     run_info = _run_info(cfg, dataset, device, precision, load_seconds, dist)
     state = TrainState(planned_epochs=cfg.epochs, run_info=run_info)
     if resume_state is not None:
-        state = restore_state(resume_state, model, optimizer, schedule, ema, dist, cfg.epochs)
+        state = restore_state(resume_state, model, optimizer, schedule, ema, dist, cfg.epochs, ctx.scaler)
         run_info.update(state.run_info)
         run_info["resumed"] = run_info.get("resumed", 0) + 1
         state.run_info = run_info
@@ -337,11 +390,14 @@ def fit(
     budget = TimeBudget(cfg.time_budget, cfg.epochs, dist, started=fit_t0, used_before=(load_seconds or 0.0) + spent_seconds,
                         spent_earlier=sum(r["seconds"] for r in state.history))  # a resumed run's earlier epochs count
     first_step = state.step
+    view = RunView(model, cfg, run, main, state.epoch, state.step, state.history)
+    hooks = CallbackList(list(callbacks or []) + ([_EpochEndFunction(on_epoch_end)] if on_epoch_end is not None else []), view)
+    every = CheckpointEvery(cfg.checkpoint_every, dist)
 
     def checkpoint() -> None:  # a collective: every rank calls it, rank 0 writes
         rng_states = dist.rng_states()
         if main:
-            save_checkpoint(run / "last.ckpt", capture_state(state, model, optimizer, schedule, ema, rng_states, dist.distributed, cfg.to_dict()))
+            save_checkpoint(run / "last.ckpt", capture_state(state, model, optimizer, schedule, ema, rng_states, dist.distributed, cfg.to_dict(), ctx.scaler))
 
     def end_epoch(row: dict, weights_of: nn.Module) -> None:  # record a finished epoch's row; keep the best weights in memory
         state.history.append(row)
@@ -350,7 +406,7 @@ def fit(
             state.best = {"accuracy": row["val_accuracy"], "epoch": row["epoch"]}
             state.best_weights = {k_: v.detach().clone() for k_, v in weights_of.state_dict().items()}
 
-    def after_step(step: int, stats: dict) -> None:
+    def after_batch(step: int, stats: dict, loss: float) -> bool:  # True: a callback asked to stop
         progress.step(stats["loss_sum"] / max(stats["seen"], 1), stats["correct"] / max(stats["seen"], 1))
         if budget.enabled and state.epoch == n_frozen + 1 and len(state.history) == n_frozen:  # the first trained epoch
             per_batch = budget.time_first_batches(step, first_step)
@@ -358,11 +414,24 @@ def fit(
                 state.planned_epochs = budget.first_plan(per_batch, steps, n, len(val) if has_val else 0, cfg.batch_size, n_test,
                                                          test_passes, done=n_frozen)
                 schedule.total_steps = max(1, state.planned_epochs - n_frozen) * steps
+        if hooks:
+            view.step = step
+            hooks("on_batch_end", loss)
+        return view.stop_reason is not None
+
+    def checkpoint_due(next_step: int, stats: dict, t0: float) -> None:  # --checkpoint-every: mid-epoch, so a kill loses little
+        if every.due():
+            live = state.step, state.partial
+            so_far = {**stats, "seconds": stats["seconds"] + time.perf_counter() - t0}
+            state.step, state.partial = next_step, dist.reduce_stats(so_far)
+            checkpoint()
+            state.step, state.partial = live
 
     stop_reason, finished = None, False
     stops = StopRequests()  # SIGINT/SIGTERM only raise a flag: the loop stops at the next batch boundary and saves
     with handling(stops):  # ... and stay handled until the final files are written, so a run never ends half-written
         try:
+            hooks("on_train_start")
             # ---- pretrained: the head trains on the frozen backbone's features first
             if n_frozen and state.epoch <= n_frozen:
                 rows = _frozen_phase(model, dataset, norm, device, precision, n_frozen, ctx.weights, stops, progress)
@@ -374,19 +443,22 @@ def fit(
                 budget.restart_clock()
                 state.epoch, state.step = n_frozen + 1, 0
                 checkpoint()
-                for row in rows if on_epoch_end is not None else []:
-                    on_epoch_end(dict(row))
+                for row in rows if hooks else []:
+                    hooks("on_epoch_end", dict(row))
                 if budget.enabled and state.planned_epochs > n_frozen and budget.left() <= 0:
                     state.planned_epochs = n_frozen
                     stop_reason = f"time budget of {cfg.time_budget:g}s reached after the frozen phase"
                     progress.print(stop_reason)
 
             # ---- the epochs: train, validate, re-plan, checkpoint
-            while state.epoch <= state.planned_epochs:
-                epoch = state.epoch
+            stop_reason = view.stop_reason or stop_reason
+            while state.epoch <= state.planned_epochs and not stop_reason:
+                epoch = view.epoch = state.epoch
+                view.step = state.step
+                hooks("on_epoch_start")
                 progress.start_epoch(epoch, state.planned_epochs, steps, state.step)
                 stats = train_one_epoch(ctx, reader, state, steps, lambda s: schedule.factor((epoch - 1 - n_frozen) * steps + s),
-                                        stops, after_step)
+                                        stops, after_batch, checkpoint_due if every.enabled else None)
                 row = _epoch_row(epoch, dist.reduce_stats(stats), optimizer, ema.module if ema else model, val, norm, device, precision,
                                  dist, budget, n_test, test_passes)
                 end_epoch(row, ema.module if ema else model)
@@ -406,8 +478,9 @@ def fit(
                                    f"(best {state.best['accuracy']:.1%} at epoch {state.best['epoch']})")
                 state.epoch, state.step, state.partial = epoch + 1, 0, None
                 checkpoint()
-                if on_epoch_end is not None:  # after the checkpoint: a StopTraining here leaves a resumable run
-                    on_epoch_end(dict(row))
+                every.restart()
+                hooks("on_epoch_end", dict(row))  # after the checkpoint: a StopTraining here leaves a resumable run
+                stop_reason = view.stop_reason or stop_reason
                 if stop_reason:
                     progress.print(stop_reason)
                     break
@@ -442,9 +515,20 @@ def fit(
             test = _finish(model, dataset, cfg, run, meta, state, stop_reason, load_seconds, norm, device, precision, dist, progress)
         finally:
             dist.close()
+        hooks("on_train_end", test)
     if stops:
         progress.print(f"{stops.names[0]} arrived while the finished run was being written; the run completed first")
     return TrainResult(run, model.eval(), meta, state.history, test)
+
+
+class _EpochEndFunction(Callback):
+    """fit(on_epoch_end=fn): fn(row) after each epoch (cnnlab tune prunes trials with it)."""
+
+    def __init__(self, fn: Callable[[dict], None]):
+        self.fn = fn
+
+    def on_epoch_end(self, run: RunView, row: dict) -> None:
+        self.fn(row)
 
 
 def _augmenter_for(model: nn.Module, cfg: TrainConfig, image_shape: tuple[int, int, int]) -> Augmenter:
@@ -483,7 +567,7 @@ def _run_info(cfg: TrainConfig, dataset: Dataset, device, precision: str, load_s
 
 
 def _write_run_start(run: Path, cfg: TrainConfig, dataset: Dataset) -> None:
-    (run / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    rd.RunFolder(run).write_config(cfg)
     _write_samples(dataset, run / "samples.png", cfg.seed)
     if dataset.bad_files:
         rd.write_bad_files(run / "bad_files.txt", dataset.bad_files)

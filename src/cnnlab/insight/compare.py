@@ -1,48 +1,28 @@
 """`cnnlab compare RUN...`: which architecture / learning rate / batch size was better, at a glance.
 
-Reads each run folder's config.yaml, metrics.csv and run.json; returns the config keys that differ, the
-final metrics, and writes overlaid curves (PNG) and a self-contained compare.html.
+Reads each run folder (engine/run_dir.RunFolder: typed config, metrics history, run.json); returns the config
+keys that differ, the final metrics, and writes overlaid curves (PNG) and a self-contained compare.html.
 """
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 from pathlib import Path
 
-import yaml
-
+from cnnlab.engine.run_dir import CONFIG, METRICS, RunFolder
 from cnnlab.errors import CnnlabError
-from cnnlab.insight.plots import _save, plt
+from cnnlab.plotting import plt, save_figure
 
 CURVES = (("train_loss", "train loss"), ("val_loss", "validation loss"), ("train_accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"))
 IGNORED_KEYS = {"device", "precision"}
 
 
-def _float(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def load_run(path: str | Path) -> dict:
-    """config, per-epoch history and run.json of one run folder; missing files are named with the fix."""
-    run = Path(path)
-    if not run.is_dir():
-        raise CnnlabError(f"{run}: not a run folder — pass folders written by `cnnlab train`")
-    for name in ("config.yaml", "metrics.csv"):
-        if not (run / name).exists():
-            raise CnnlabError(f"{run}: missing {name} — not a complete run folder (was it trained with `cnnlab train`?)")
-    try:
-        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        with open(run / "metrics.csv", newline="") as f:
-            history = [{k: _float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
-    except (yaml.YAMLError, json.JSONDecodeError, csv.Error, UnicodeDecodeError) as e:
-        raise CnnlabError(f"{run}: unreadable run files ({e.__class__.__name__}) — was the folder edited by hand?") from None
-    return {"name": run.name, "path": str(run), "config": config, "history": history, "info": info}
+    """config (as a dict of the typed config's fields), per-epoch history and run.json of one run folder; missing
+    or unreadable files are named with the fix."""
+    run = RunFolder.open(path, need=(CONFIG, METRICS))
+    return {"name": run.path.name, "path": str(run.path), "config": run.config().to_dict(), "history": run.metrics(), "info": run.info()}
 
 
 def _unique_names(runs: list[dict]) -> None:
@@ -100,7 +80,7 @@ def save_overlaid_curves(result: dict, path: str | Path) -> Path:
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
@@ -115,8 +95,8 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def write_compare_html(result: dict, curves_png: Path, path: str | Path) -> Path:
-    from cnnlab.engine.io import write_text_atomic
     from cnnlab.insight.report import CSS, _img, _table
+    from cnnlab.io import write_text_atomic
 
     header, rows = table_rows(result)
     warn = "".join(f"<p><b>warning:</b> {html.escape(w)}</p>" for w in result["warnings"])

@@ -28,17 +28,17 @@ def _channel_note(path: Path, channels: int) -> str | None:
 
 
 def _save_explanation(img, results: list[tuple[str, dict]], title: str, path: Path) -> Path:
-    from cnnlab.insight.plots import _save, _show, plt
+    from cnnlab.plotting import plt, save_figure, show_image
 
     fig, axes = plt.subplots(1, 1 + len(results), figsize=(3.2 * (1 + len(results)), 3.6), squeeze=False)
-    _show(axes[0, 0], img)
+    show_image(axes[0, 0], img)
     axes[0, 0].set_title("input", fontsize=10)
     for ax, (method, res) in zip(axes[0, 1:], results):
-        _show(ax, res["overlay"])
+        show_image(ax, res["overlay"])
         ax.set_title(f"{'Grad-CAM++' if method == 'gradcam++' else 'Grad-CAM'} · {res['layer']}", fontsize=10)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def explain(run, paths, *, method: str = "both", layer: str | None = None, class_name: str | None = None,
@@ -47,13 +47,12 @@ def explain(run, paths, *, method: str = "both", layer: str | None = None, class
     """Save explanation figures for image files/folders under `out`; returns their records (paths, class, layer)."""
     import torch
 
-    from cnnlab import api
     from cnnlab.engine.inference import to_input
-    from cnnlab.engine.predictor import expand_image_paths
+    from cnnlab.engine.predictor import expand_image_paths, load_classifier
     from cnnlab.insight import features
     from cnnlab.insight.gradcam import explain_image, fit_channels
 
-    clf = api.load(run)
+    clf = load_classifier(run)
     paths = expand_image_paths(paths if isinstance(paths, (list, tuple)) else [paths])
     out = Path(out)
     c, h, w = clf.input_shape

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.insight import metrics as M
-from cnnlab.insight.plots import OK_COLOUR, WRONG_COLOUR, _save, plt, prediction_titles, save_grid
+from cnnlab.plotting import OK_COLOUR, WRONG_COLOUR, plt, prediction_titles, save_figure, save_grid
 
 
 def save_confusion_matrix(report: dict, path: str | Path) -> Path:
@@ -31,7 +31,7 @@ def save_confusion_matrix(report: dict, path: str | Path) -> Path:
                         color="white" if norm[t, p] > 0.5 else "black")
     ax.set_title(f"confusion matrix (accuracy {report['accuracy']:.1%})" if report.get("accuracy") is not None else "confusion matrix")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_reliability_diagram(report: dict, path: str | Path) -> Path:
@@ -53,7 +53,7 @@ def save_reliability_diagram(report: dict, path: str | Path) -> Path:
     ax2.set_ylabel("images")
     ax2.set_xlim(0, 1)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_per_class_bars(report: dict, path: str | Path) -> Path:
@@ -70,7 +70,7 @@ def save_per_class_bars(report: dict, path: str | Path) -> Path:
     ax.set_title("per-class precision / recall / F1")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_most_confused(report: dict, path: str | Path) -> Path:
@@ -86,7 +86,7 @@ def save_most_confused(report: dict, path: str | Path) -> Path:
         ax.axis("off")
     ax.set_title("most confused (true → predicted)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def save_top_losses(x: np.ndarray, losses: list[dict], path: str | Path) -> Path:

@@ -8,18 +8,16 @@ Written at the end of every training run (api.train) and by `cnnlab report RUN [
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from cnnlab.engine.io import write_text_atomic
+from cnnlab.engine.run_dir import RunFolder, metric_text
 from cnnlab.errors import CnnlabError
+from cnnlab.io import write_text_atomic
 
 GRADCAM_EXAMPLES = 4
 TOP_LOSSES = 8  # small galleries: the page is written after every training run
@@ -54,20 +52,20 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _section_run(run: Path) -> str:
-    info = json.loads((run / "run.json").read_text()) if (run / "run.json").exists() else {}
+def _section_run(run: RunFolder) -> str:
+    info = run.info()
     keys = [k for k, v in info.items() if not isinstance(v, (dict, list))]
     return "<h2>Run</h2>" + _table(["field", "value"], [[k, _fmt(info[k])] for k in keys])
 
 
-def _section_config(run: Path) -> str:
-    p = run / "config.yaml"
+def _section_config(run: RunFolder) -> str:
+    p = run.config_yaml  # shown as written: the file a user passes to `cnnlab train --config`
     return "<h2>Config</h2>" + (f"<pre>{html.escape(p.read_text())}</pre>" if p.exists() else '<p class="muted">no config.yaml</p>')
 
 
-def _section_dataset(run: Path, ds, tmp: Path) -> str:
+def _section_dataset(run: RunFolder, ds, tmp: Path) -> str:
     out = ["<h2>Dataset</h2>"]
-    summary = ds.summary() if ds is not None else (json.loads((run / "run.json").read_text()).get("dataset") if (run / "run.json").exists() else None)
+    summary = ds.summary() if ds is not None else run.info().get("dataset")
     if summary:
         splits = list(summary["class_counts"])
         rows = [[c] + [summary["class_counts"][s].get(c, 0) for s in splits] for c in summary["classes"]]
@@ -76,30 +74,32 @@ def _section_dataset(run: Path, ds, tmp: Path) -> str:
         out.append(f"<p>{html.escape(str(summary['spec']))} ({html.escape(str(summary.get('format', '')))}), images {h}x{w}x{c}, "
                    f"{summary.get('bad_files', 0)} bad files skipped</p>")
         out.append(_table(["class"] + splits, rows))
-    if (run / "samples.png").exists():
-        out.append(_img(run / "samples.png", "training samples"))
+    if run.samples_png.exists():
+        out.append(_img(run.samples_png, "training samples"))
     if ds is not None:
         out.append(_augmented_grid(run, ds, tmp))
     return "".join(out)
 
 
-def _augmented_grid(run: Path, ds, tmp: Path) -> str:
+def _augmented_grid(run: RunFolder, ds, tmp: Path) -> str:
     """The training images as the run's augmentation saw them (when it used any)."""
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-    if not cfg or cfg.get("augment") in (None, "none"):
+    if not run.config_yaml.exists():
+        return ""
+    cfg = run.config()
+    if cfg.augment == "none":
         return ""
     try:
         from cnnlab.data.augment import augment_uint8, resolve_ops, training_size
-        from cnnlab.insight.plots import save_grid
+        from cnnlab.plotting import save_grid
 
-        ops = resolve_ops(cfg["augment"], cfg.get("aug_args") or {})
+        ops = resolve_ops(cfg.augment, cfg.aug_args)
         if not any(ops.values()):
             return ""
         tr = ds.train
-        idx = np.random.default_rng(int(cfg.get("seed") or 0)).choice(len(tr), size=min(16, len(tr)), replace=False)
-        imgs, notes = augment_uint8(tr.x[idx], tr.y[idx], ops, int(cfg.get("seed") or 0), training_size(cfg.get("train_size"), tr.x.shape[1:3]))
+        idx = np.random.default_rng(cfg.seed).choice(len(tr), size=min(16, len(tr)), replace=False)
+        imgs, notes = augment_uint8(tr.x[idx], tr.y[idx], ops, cfg.seed, training_size(cfg.train_size, tr.x.shape[1:3]))
         titles = [ds.class_names[int(v)] + n for v, n in zip(tr.y[idx], notes)]
-        return _img(save_grid(imgs, titles, tmp / "aug.png", suptitle=f"augmented ({cfg['augment']})"), "augmented samples")
+        return _img(save_grid(imgs, titles, tmp / "aug.png", suptitle=f"augmented ({cfg.augment})"), "augmented samples")
     except Exception as e:  # augmentation is another module's: the page still renders without this grid
         return f'<p class="muted">augmented grid unavailable ({html.escape(e.__class__.__name__)}: {html.escape(str(e))})</p>'
 
@@ -116,32 +116,31 @@ def _section_model(clf) -> str:
             + _table(["layer", "op", "output", "parameters", "MACs", "receptive field", "stride"], rows))
 
 
-def _section_curves(run: Path, tmp: Path) -> str:
-    from cnnlab.insight.plots import save_curves
+def _section_curves(run: RunFolder, tmp: Path) -> str:
+    from cnnlab.plotting import save_curves
 
-    p = run / "metrics.csv"
-    if not p.exists():
+    if not run.metrics_csv.exists():
         return ""
-    with open(p, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = run.metrics()
     out = ["<h2>Training</h2>"]
-    if (run / "curves.png").exists():
-        out.append(_img(run / "curves.png", "training curves"))
+    if run.curves_png.exists():
+        out.append(_img(run.curves_png, "training curves"))
     elif rows:
-        hist = [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows]
-        out.append(_img(save_curves(hist, tmp / "curves.png"), "training curves"))
+        out.append(_img(save_curves(rows, tmp / "curves.png"), "training curves"))
     if rows:
         cols = list(rows[0])
-        out.append(_table(cols, [[_fmt(_maybe_float(r[c])) for c in cols] for r in rows]))
+        out.append(_table(cols, [[_cell(r[c]) for c in cols] for r in rows]))
     return "".join(out)
 
 
-def _maybe_float(v):
+def _cell(value) -> str:
+    """A metrics value as the table shows it: a whole number as metrics.csv writes it, others to 4 decimals, empty blank."""
+    text = metric_text(value)
     try:
-        f = float(v)
-        return int(f) if f.is_integer() and "." not in str(v) else f
-    except (TypeError, ValueError):
-        return v
+        f = float(text)
+    except ValueError:
+        return text
+    return str(int(f)) if f.is_integer() and "." not in text else _fmt(f)
 
 
 def _section_evaluation(clf, ds, tmp: Path) -> str:
@@ -164,7 +163,7 @@ def _section_evaluation(clf, ds, tmp: Path) -> str:
     if res["top_losses"]:
         out.append("<h2>Top losses</h2>" + _img(figures.save_top_losses(s.x, res["top_losses"][:TOP_LOSSES], tmp / "tl.png"), "top losses"))
     if res["n"]:
-        from cnnlab.insight.plots import save_grid
+        from cnnlab.plotting import save_grid
 
         idx = np.random.default_rng(0).choice(res["n"], size=min(GRADCAM_EXAMPLES, res["n"]), replace=False)
         tiles, titles = [], []
@@ -178,33 +177,32 @@ def _section_evaluation(clf, ds, tmp: Path) -> str:
 
 def build_report(run_dir: str | Path, dataset=None, clf=None) -> str:
     """The report's HTML. `dataset`/`clf` default to what the run folder names (config.yaml, model file)."""
-    from cnnlab import api
+    from cnnlab.engine.predictor import dataset_for_model, load_classifier
 
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise CnnlabError(f"{run}: no such run folder")
+    run = RunFolder(run_dir)
+    if not run.path.is_dir():
+        raise CnnlabError(f"{run.path}: no such run folder")
     if clf is None:
-        if not (run / "model.safetensors").exists():
-            raise CnnlabError(f"{run}: no model.safetensors — the run did not finish (resume it with `cnnlab train --resume {run}`)")
-        clf = api.load(run)
-    if dataset is None and (run / "config.yaml").exists():
-        cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        dataset = api.dataset_for_model(clf, str(cfg.get("data")))
-    title = f"cnnlab run {run.name}"
+        if not run.model_file.exists():
+            raise CnnlabError(f"{run.path}: no {run.model_file.name} — the run did not finish (resume it with `cnnlab train --resume {run.path}`)")
+        clf = load_classifier(run.path)
+    if dataset is None and run.config_yaml.exists():
+        dataset = dataset_for_model(clf, run.config().data)
+    title = f"cnnlab run {run.path.name}"
     with tempfile.TemporaryDirectory(prefix="cnnlab-report-") as t:
         tmp = Path(t)
-        parts = [f"<h1>{html.escape(title)}</h1><p class='muted'>{html.escape(str(run.resolve()))}</p>",
+        parts = [f"<h1>{html.escape(title)}</h1><p class='muted'>{html.escape(str(run.path.resolve()))}</p>",
                  _section_run(run), _section_config(run), _section_dataset(run, dataset, tmp), _section_model(clf),
                  _section_curves(run, tmp)]
         if dataset is not None:
-            parts.append(_section_evaluation(clf, api.dataset_for_model(clf, dataset), tmp))
+            parts.append(_section_evaluation(clf, dataset_for_model(clf, dataset), tmp))
         body = "".join(parts)
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>"
 
 
 def write_report(run_dir: str | Path, dataset=None, clf=None) -> Path:
     """Write RUN/report.html atomically; returns its path."""
-    path = Path(run_dir) / "report.html"
+    path = RunFolder(run_dir).report_html
     write_text_atomic(path, build_report(run_dir, dataset, clf))
     return path
 
@@ -212,9 +210,9 @@ def write_report(run_dir: str | Path, dataset=None, clf=None) -> Path:
 def write_run_report(result, dataset=None) -> Path | None:
     """After training: write report.html for a TrainResult; a failure warns and never fails the run."""
     try:
-        from cnnlab import api
+        from cnnlab.engine.predictor import load_classifier
 
-        return write_report(result.run_dir, dataset, api.load(result))
+        return write_report(result.run_dir, dataset, load_classifier(result))
     except Exception as e:  # the trained model is what matters; the page can be rebuilt with `cnnlab report`
         warnings.warn(f"report.html not written ({e.__class__.__name__}: {e}) — rebuild it with `cnnlab report {result.run_dir}`", stacklevel=2)
         return None

@@ -6,9 +6,6 @@ from pathlib import Path
 
 
 def save_tune_plots(study, complete: list, out: Path, objective: str) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     files = {}
     files["history_plot"] = _history(complete, study.direction.name == "MAXIMIZE", out / "history.png", objective)
     imp = _importances(study, complete, out / "importances.png")
@@ -21,19 +18,14 @@ def save_tune_plots(study, complete: list, out: Path, objective: str) -> dict[st
 
 
 def _save(fig, path: Path) -> str:
-    import matplotlib.pyplot as plt
+    from cnnlab.plotting import save_figure
 
-    from cnnlab.engine.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return str(path)
+    return str(save_figure(fig, path))
 
 
 def _history(complete: list, maximize: bool, path: Path, objective: str) -> str:
     """Each trial's value and the best so far, by trial number."""
-    import matplotlib.pyplot as plt
+    from cnnlab.plotting import plt
 
     xs = [t.number for t in complete]
     ys = [t.value for t in complete]
@@ -53,8 +45,9 @@ def _history(complete: list, maximize: bool, path: Path, objective: str) -> str:
 
 def _importances(study, complete: list, path: Path) -> str | None:
     """Optuna's parameter importances (its default evaluator); needs at least two complete trials with a varying parameter."""
-    import matplotlib.pyplot as plt
     import optuna
+
+    from cnnlab.plotting import plt
 
     if len(complete) < 2:
         return None
@@ -78,8 +71,9 @@ def _importances(study, complete: list, path: Path) -> str | None:
 
 def _parallel(complete: list, path: Path, objective: str) -> str | None:
     """One line per complete trial across parameter axes scaled to [0, 1]; colour = objective value."""
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from cnnlab.plotting import plt
 
     names = sorted({k for t in complete for k in t.params})
     if not names:

@@ -1,4 +1,4 @@
-"""`cnnlab tune`: Optuna (TPE) over cnnlab's TrainConfig; each trial is one `api.train` run.
+"""`cnnlab tune`: Optuna (TPE) over cnnlab's TrainConfig; each trial is one training run (engine/session.py) with its report.
 
 Storage is Optuna's RDB storage: SQLite in the tune folder by default, or any SQLAlchemy URL
 (`postgresql://user@host/db`), which lets several `cnnlab tune` processes on any machines share one
@@ -114,8 +114,9 @@ def tune(data, trials: int | None, *, out: str | Path = "runs/tune", space: dict
     """
     import optuna
 
-    from cnnlab import api
     from cnnlab.data.dataset import Dataset
+    from cnnlab.engine import session
+    from cnnlab.insight.report import write_run_report
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective {objective!r} is invalid — choose {' or '.join(OBJECTIVES)}")
@@ -132,8 +133,8 @@ def tune(data, trials: int | None, *, out: str | Path = "runs/tune", space: dict
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
 
-    ds = data if isinstance(data, Dataset) else api.load_dataset(data, **{k: getattr(base, k) for k in api.DATA_KEYS})
-    base = api.config_for(base.model, ds, base=base)
+    ds = data if isinstance(data, Dataset) else session.load_dataset(data, **{k: getattr(base, k) for k in session.DATA_KEYS})
+    base = session.config_for(base.model, ds, base=base)
     if "val" not in ds.splits or not len(ds.splits["val"]):
         raise ConfigError(f"{ds.spec}: tuning needs a validation split — pass --val-split 0.1 or data with a val/ folder")
 
@@ -150,8 +151,9 @@ def tune(data, trials: int | None, *, out: str | Path = "runs/tune", space: dict
         try:
             cfg = sp.apply(sp.sample(space, trial), base, f"trial {trial.number}")
             trial.set_user_attr("config", cfg.to_dict())
-            result = api.train(cfg.model, ds, config=cfg, out=run_dir, overwrite=True, quiet=True,
-                               on_epoch_end=lambda row: report_epoch(trial, row))
+            result, _ = session.train(cfg.model, ds, config=cfg, out=run_dir, overwrite=True, quiet=True,
+                                      on_epoch_end=lambda row: report_epoch(trial, row))
+            write_run_report(result, ds)
             values = [r[objective] for r in result.history if r.get(objective) is not None]
             value = (max if objective == "val_accuracy" else min)(values) if values else float("nan")
             if not math.isfinite(value):

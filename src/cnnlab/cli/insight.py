@@ -1,7 +1,4 @@
-"""CLI commands of the insight package: explain (Grad-CAM, feature maps, filters), summary, report, compare.
-
-Registered through cli.COMMAND_MODULES; handlers parse nothing themselves and raise CnnlabError on bad input.
-"""
+"""The insight commands: explain (Grad-CAM, feature maps, filters), summary, report, compare."""
 
 from __future__ import annotations
 
@@ -10,10 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from cnnlab.cli._common import add_field_options
+from cnnlab.config import CHANNELS, DEFAULT_CHANNELS, DEFAULT_IMAGE_SIZE, DEFAULT_NUM_CLASSES, TrainConfig
 from cnnlab.errors import ConfigError
 
 
-def add_commands(sub, data_sub) -> None:
+def register(sub) -> None:
     p = sub.add_parser("explain", help="Grad-CAM / Grad-CAM++ overlays, feature maps and first-layer filters for images")
     p.add_argument("run", metavar="MODEL|RUN_DIR")
     p.add_argument("paths", nargs="+", metavar="IMAGE_OR_FOLDER")
@@ -29,10 +28,10 @@ def add_commands(sub, data_sub) -> None:
     p = sub.add_parser("summary", help="per-layer output shape, parameters, MACs, receptive field, stride, memory")
     p.add_argument("run", nargs="?", metavar="MODEL|RUN_DIR", help="a trained model (or use --model NAME --image-size N)")
     p.add_argument("--model", metavar="NAME", help="registry name, for a model not trained yet")
-    p.add_argument("--image-size", type=int, metavar="N", default=100)
-    p.add_argument("--channels", type=int, choices=(1, 3), default=3)
-    p.add_argument("--num-classes", type=int, default=2)
-    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE", dest="model_args")
+    p.add_argument("--image-size", type=int, metavar="N", default=DEFAULT_IMAGE_SIZE)
+    p.add_argument("--channels", type=int, choices=CHANNELS, default=DEFAULT_CHANNELS)
+    p.add_argument("--num-classes", type=int, default=DEFAULT_NUM_CLASSES)
+    add_field_options(p, TrainConfig, ("model_args",), overrides={"model_args": {"default": []}})  # train's --model-arg
     p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/insight.md)")
     p.set_defaults(func=cmd_summary)
 
@@ -46,34 +45,6 @@ def add_commands(sub, data_sub) -> None:
     p.add_argument("--out", metavar="DIR", default="compare", help="where compare.png and compare.html go (default: compare/)")
     p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/insight.md)")
     p.set_defaults(func=cmd_compare)
-
-
-def print_evaluation(res: dict) -> None:
-    """Human-readable `cnnlab evaluate` output (the --json form carries the same numbers)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    def f(v) -> str:
-        return "-" if v is None else f"{v:.4f}"
-
-    print(f"{res['split']}: loss {f(res['loss'])}  accuracy {f(res['accuracy'])}  ({res['n']} images)")
-    extra = [f"top-{k} accuracy {v:.4f}" for k, v in res.get("top_k_accuracy", {}).items()]
-    extra.append(f"ROC-AUC {f(res.get('roc_auc'))}")
-    extra.append(f"ECE {f(res.get('calibration', {}).get('ece'))}")
-    print("  ".join(extra))
-    t = Table()
-    for col in ("class", "precision", "recall", "f1", "support"):
-        t.add_column(col, justify="left" if col == "class" else "right")
-    for r in res["per_class"]:
-        t.add_row(r["class"], f(r["precision"]), f(r["recall"]), f(r["f1"]), str(r["support"]))
-    for name in ("macro_avg", "weighted_avg"):
-        a = res[name]
-        t.add_row(name.replace("_", " "), f(a["precision"]), f(a["recall"]), f(a["f1"]), str(res["n"]))
-    Console(width=100).print(t)
-    if res.get("most_confused"):
-        print("most confused: " + ", ".join(f"{p['true']} → {p['predicted']} ({p['count']})" for p in res["most_confused"][:5]))
-    for name, path in (res.get("plots") or {}).items():
-        print(f"saved {path}")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -95,8 +66,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    import yaml
-
     from cnnlab import api, models
     from cnnlab.insight.summary import print_summary, summarize
 
@@ -106,13 +75,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         clf = api.load(args.run)
         model, shape = clf.model, clf.input_shape
     else:
-        extra = {}
-        for item in args.model_args:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"--model-arg {item!r} is not KEY=VALUE (e.g. width=48)")
-            extra[key.strip()] = yaml.safe_load(value)
-        model = models.create_model(args.model, args.num_classes, args.channels, args.image_size, **extra)
+        model = models.create_model(args.model, args.num_classes, args.channels, args.image_size, **dict(args.model_args))
         shape = (args.channels, args.image_size, args.image_size)
     try:
         s = summarize(model, shape)

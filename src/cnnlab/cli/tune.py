@@ -7,12 +7,13 @@ import argparse
 import json
 import sys
 
+from cnnlab.cli._common import add_data_options, add_field_options, data_options, need_data, parse_key_value
+from cnnlab.config import TrainConfig
 
-def add_commands(subparsers, data_subparsers) -> None:
-    from cnnlab.cli import _add_data_options, _key_value
 
-    p = subparsers.add_parser("tune", help="hyperparameter search with Optuna (TPE); best config as YAML for `cnnlab train --config`")
-    _add_data_options(p, defaults=True)
+def register(sub) -> None:
+    p = sub.add_parser("tune", help="hyperparameter search with Optuna (TPE); best config as YAML for `cnnlab train --config`")
+    add_data_options(p)
     p.add_argument("--trials", type=int, metavar="N", help="trials to run in this process (several processes add up)")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long")
     p.add_argument("--space", metavar="FILE.yaml", help="search space replacing the built-in one (format: docs/scale-out.md)")
@@ -22,12 +23,14 @@ def add_commands(subparsers, data_subparsers) -> None:
     p.add_argument("--objective", choices=("val_accuracy", "val_loss"), default="val_accuracy")
     p.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
                    help="stop poor trials after an epoch: median of earlier trials (default), successive halving, or none")
-    p.add_argument("--model", help="fix the model (removes model from the search space)")
-    p.add_argument("--epochs", type=int, metavar="N", help="fix epochs per trial (removes epochs from the space)")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="train each trial for this long instead of searching epochs")
-    p.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE", dest="fixed",
+    # train's flags, each fixing its value for every trial (removing it from the search space)
+    add_field_options(p, TrainConfig, ("model", "epochs", "time_budget"), unset=None, overrides={
+        "model": {"help": "fix the model (removes model from the search space)"},
+        "epochs": {"metavar": "N", "help": "fix epochs per trial (removes epochs from the space)"},
+        "time_budget": {"help": "train each trial for this long instead of searching epochs"}})
+    p.add_argument("--set", type=parse_key_value, action="append", default=[], metavar="KEY=VALUE", dest="fixed",
                    help="fix a TrainConfig value for every trial (removes it from the space), e.g. --set augment=none")
-    p.add_argument("--seed", type=int, default=0, help="training seed of every trial (same data split and init)")
+    add_field_options(p, TrainConfig, ("seed",), overrides={"seed": {"default": 0, "help": "training seed of every trial (same data split and init)"}})
     p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
     p.add_argument("--out", default="runs/tune", metavar="DIR", help="tune folder (default runs/tune)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -35,7 +38,6 @@ def add_commands(subparsers, data_subparsers) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from cnnlab.cli import _data_options, _need_data
     from cnnlab.config import config_from_dict
     from cnnlab.tune import space as sp
     from cnnlab.tune.study import tune
@@ -44,7 +46,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for key in ("model", "epochs", "time_budget"):
         if getattr(args, key) is not None:
             fixed[key] = getattr(args, key)
-    base = config_from_dict({"data": _need_data(args), "seed": args.seed, **_data_options(args), **fixed}, source="tune options").validate()
+    base = config_from_dict({"data": need_data(args), "seed": args.seed, **data_options(args).load_kwargs(), **fixed},
+                            source="tune options").validate()
     if args.space:
         space = {k: v for k, v in sp.load_space_file(args.space).items() if k not in fixed}
     else:
