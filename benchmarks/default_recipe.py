@@ -10,9 +10,12 @@ The source folder (one subfolder per class) is split at random into train/ and a
 --split-seed N (default 0), or once per run with `--split-seed run` (split seed = the run's seed), so the
 spread over seeds also covers which images happened to be held out — 400 held-out images alone carry a
 sampling error of about 1.5 points that a fixed split repeats in every run. `--folds K` is K-fold
-cross-validation: each class is shuffled once (split seed) and cut into K equal parts, run j (seed j)
-holds out part j, so every image of the source is held out exactly once and the pooled accuracy is the
-accuracy on the whole folder (2000 images: a sampling error of about 0.7 points).
+cross-validation with the library's folds (cnnlab.engine.kfold.stratified_folds: each class shuffled once by
+the split seed and cut into K near-equal parts — the images `cnnlab train --data SOURCE --folds K --seed S`
+holds out in its fold j+1): run j (seed j) holds out part j, so every image of the source is held out exactly
+once. The pooled accuracy is the accuracy on the whole folder (2000 images: a sampling error of about 0.7
+points), computed by the library's pooling (cnnlab.insight.kfold) from each run's model re-scored on its
+held-out images as the run scored them (its precision and TTA), untimed, after the run.
 Each seed then runs `cnnlab train --data SPLIT --seed S` as a user would, in its own process, and the
 table shows the wall time of the whole command, the held-out accuracy the run reports (TTA, the
 default), the final accuracy on its validation images (the 10% of train/ the run split off by itself and
@@ -35,11 +38,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from cnnlab import __version__
 from cnnlab.data.images import is_image_file
 from cnnlab.engine.device import cpu_description
+from cnnlab.engine.kfold import stratified_folds
 
 DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cats_vs_dogs" / "train"
 
@@ -47,19 +52,40 @@ DEFAULT_SOURCE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "
 def split_folder(source: Path, out: Path, test_per_class: int, seed: int = 0, fold: tuple[int, int] | None = None,
                  train_per_class: int | None = None) -> dict[str, int]:
     """Symlink source's class folders into out/train and out/test: test gets the first test_per_class
-    images of each class in a seeded shuffle, or with fold=(j, K) part j of K equal parts of that shuffle;
-    train the rest, or only the first train_per_class of the rest (few-shot)."""
-    counts = {}
-    for cls in sorted(d for d in source.iterdir() if d.is_dir()):
-        files = sorted(p for p in cls.iterdir() if is_image_file(p))
-        random.Random(f"{seed}:{cls.name}").shuffle(files)
-        lo, hi = (0, test_per_class) if fold is None else (len(files) * fold[0] // fold[1], len(files) * (fold[0] + 1) // fold[1])
-        for part, chosen in (("test", files[lo:hi]), ("train", (files[:lo] + files[hi:])[:train_per_class])):
-            (out / part / cls.name).mkdir(parents=True, exist_ok=True)
+    images of each class in a seeded shuffle, or with fold=(j, K) fold j of the library's K stratified folds
+    (seeded the same way); train the rest in that shuffled order, or only its first train_per_class (few-shot)."""
+    files = {cls.name: sorted(p for p in cls.iterdir() if is_image_file(p)) for cls in sorted(d for d in source.iterdir() if d.is_dir())}
+    held: set[Path] = set()
+    if fold is not None:
+        names = list(files)
+        y = np.array([c for c, name in enumerate(names) for _ in files[name]], dtype=np.int64)
+        flat = [f for name in names for f in files[name]]
+        held = {flat[i] for i in np.flatnonzero(stratified_folds(y, names, fold[1], seed) == fold[0])}
+    for name, class_files in files.items():
+        order = list(class_files)
+        random.Random(f"{seed}:{name}").shuffle(order)
+        if fold is None:
+            test, rest = order[:test_per_class], order[test_per_class:]
+        else:
+            test, rest = [f for f in order if f in held], [f for f in order if f not in held]
+        for part, chosen in (("test", test), ("train", rest[:train_per_class])):
+            (out / part / name).mkdir(parents=True, exist_ok=True)
             for f in chosen:
-                os.symlink(f.resolve(), out / part / cls.name / f.name)
-        counts[cls.name] = len(files)
-    return counts
+                os.symlink(f.resolve(), out / part / name / f.name)
+    return {name: len(class_files) for name, class_files in files.items()}
+
+
+def heldout_predictions(run: Path, data: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(true classes, probabilities, class names) of a finished run's model on data/test, scored as the run
+    scored its test split (engine.kfold.score_heldout: the run's precision and TTA)."""
+    from cnnlab import api
+    from cnnlab.engine.kfold import score_heldout
+    from cnnlab.engine.run_dir import RunFolder
+
+    clf = api.load(run)
+    held = api.dataset_for_model(clf, str(data / "test"), val_split=0.0).train  # test/'s class folders, loaded as the run saw them
+    index, probs = score_heldout(clf.model, clf.meta["normalization"], held, RunFolder(run).config(), len(clf.class_names))
+    return held.y[index], probs, clf.class_names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
               + (f", trained on {args.train_per_class} per class" if args.train_per_class else "") + f"; extra flags: {' '.join(args.extra) or 'none'}")
         print("| seed | wall | held-out accuracy | validation | chose | epochs |")
         print("|---|---|---|---|---|---|")
-        accs, vals, walls, ns = [], [], [], []
+        accs, vals, walls, heldout = [], [], [], []
         for j, seed in enumerate(seeds):
             split = seed if args.split_seed == "run" else int(args.split_seed)
             data = tmp / (f"data{split}" if args.folds is None else f"data{split}_fold{j}")
@@ -113,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg = yaml.safe_load((run / "config.yaml").read_text())
             acc, val = info["test"]["accuracy"], info["final"].get("val_accuracy")
             accs.append(acc)
-            ns.append(info["test"]["n"])
             walls.append(wall)
             if val is not None:
                 vals.append(val)
+            if args.folds:
+                heldout.append(heldout_predictions(run, data))
             print(f"| {seed} | {wall:.0f} s | {acc:.2%} | {'-' if val is None else f'{val:.1%}'} | "
                   f"{cfg['model']} {cfg.get('image_size')} px, aug {cfg['augment']} | {info['final']['epoch']} |", flush=True)
         if accs:
@@ -124,8 +151,13 @@ def main(argv: list[str] | None = None) -> int:
                   + (f"; validation {mean_sd(vals)}" if vals else "")
                   + f"; wall {statistics.mean(walls):.0f} s mean, {max(walls):.0f} s max")
             if args.folds and len(accs) == args.folds:
-                print(f"{args.folds}-fold: every image held out once; pooled accuracy "
-                      f"{sum(a * n for a, n in zip(accs, ns)) / sum(ns):.2%} of {sum(ns)} images")
+                from cnnlab.insight.kfold import pooled_metrics
+
+                names = heldout[0][2]
+                pooled = pooled_metrics(np.concatenate([h[0] for h in heldout]), np.concatenate([h[1] for h in heldout]), names)
+                print(f"{args.folds}-fold: every image held out once; pooled accuracy {pooled['accuracy']:.2%} of {pooled['n']} images "
+                      f"({pooled['n'] - pooled['correct']} errors); per class (precision/recall): "
+                      + ", ".join(f"{r['class']} {r['precision']:.1%}/{r['recall']:.1%}" for r in pooled["per_class"]))
         return 0 if len(accs) == len(seeds) else 1
     finally:
         if args.keep is None:
@@ -136,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def mean_sd(xs: list[float]) -> str:
-    return f"{statistics.mean(xs):.1%} +- {statistics.stdev(xs) if len(xs) > 1 else 0.0:.1%}"
+    from cnnlab.insight.kfold import fold_spread
+
+    spread = fold_spread(xs)
+    return f"{spread['mean']:.1%} +- {spread['sd']:.1%}"
 
 
 if __name__ == "__main__":

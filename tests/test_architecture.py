@@ -21,8 +21,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("cnnlab.errors", "cnnlab._version")),  # import nothing from cnnlab
     ("shared helpers", ("cnnlab.config", "cnnlab.download", "cnnlab.io", "cnnlab.plotting")),
     ("data and models", ("cnnlab.data", "cnnlab.models")),
-    ("engine", ("cnnlab.engine",)),
-    ("tools", ("cnnlab.insight", "cnnlab.export", "cnnlab.serve", "cnnlab.tune")),
+    ("engine", ("cnnlab.engine", "cnnlab.track")),  # track: the training loop's TensorBoard/MLflow callbacks
+    ("tools", ("cnnlab.insight", "cnnlab.export", "cnnlab.serve", "cnnlab.tune", "cnnlab.onnx_predictor")),
     ("public API", ("cnnlab.api", "cnnlab")),  # the package root re-exports the API
     ("CLI", ("cnnlab.cli", "cnnlab.__main__")),  # and every */commands.py module: they may import anything
 ]
@@ -33,7 +33,6 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
     # `from cnnlab import __version__` reads the package root (the API's layer, which only worked by import order
     # while the root imported the API eagerly): one-line change each to `from cnnlab._version import __version__`
     # (and, for the trainer, `from cnnlab import plotting as plots`)
-    ("cnnlab.serve.app", "cnnlab"): "__version__ in /v1/model: import it from cnnlab._version",
 }
 
 

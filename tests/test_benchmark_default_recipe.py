@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+import cnnlab
 from benchmarks.default_recipe import main, split_folder
+from cnnlab.engine.kfold import stratified_folds
 from conftest import write_image_folder
 
 
@@ -55,10 +58,22 @@ def test_k_folds_hold_out_every_image_exactly_once_with_equal_parts_per_class(tm
         parts = listing(tmp_path / f"f{j}")
         assert not parts["train"] & parts["test"] and len(parts["train"] | parts["test"]) == 20
         per_class = [sum(n.startswith(c) for n in parts["test"]) for c in ("circle/", "square/")]
-        assert per_class == [[3, 3], [3, 3], [4, 4]][j]
+        assert per_class == [[4, 3], [3, 4], [3, 3]][j]  # 10 = 4 + 3 + 3 per class; the larger part rotates over the folds
         tests.append(parts["test"])
     assert sorted(n for t in tests for n in t) == sorted(listing(tmp_path / "f0")["train"] | tests[0])
     assert sum(len(t) for t in tests) == 20
+
+
+def test_k_folds_are_the_folds_cnnlab_train_folds_holds_out(tmp_path):
+    """One implementation: the benchmark's fold j is fold j+1 of `cnnlab train --data SOURCE --folds K --seed S`
+    (engine/kfold.stratified_folds over the folder loaded without a validation split)."""
+    source = write_image_folder(tmp_path / "src", n_per_class=11, size=16)
+    ds = cnnlab.load_dataset(source, val_split=0.0)
+    fold = stratified_folds(ds.train.y, ds.class_names, 4, seed=5)
+    for j in range(4):
+        split_folder(source, tmp_path / f"f{j}", 0, seed=5, fold=(j, 4))
+        library = {"/".join(Path(ds.train.paths[i]).parts[-2:]) for i in np.flatnonzero(fold == j)}
+        assert listing(tmp_path / f"f{j}")["test"] == library
 
 
 def test_folds_run_one_seed_per_fold_and_pool_the_whole_source(tmp_path, capsys):
@@ -72,6 +87,7 @@ def test_folds_run_one_seed_per_fold_and_pool_the_whole_source(tmp_path, capsys)
     assert [r[0].strip() for r in rows] == ["0", "1"]
     pooled = float(out.split("pooled accuracy ")[1].split("%")[0])
     assert abs(pooled - sum(accs) / 2) < 0.11 and "of 16 images" in out  # equal folds: the pooled mean is the mean
+    assert "per class (precision/recall): circle " in out and ", square " in out  # the library's pooled report
 
 
 def test_folds_need_one_seed_per_fold(tmp_path, capsys):

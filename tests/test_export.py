@@ -78,8 +78,7 @@ def test_export_errors(trained_run, cli, tmp_path):
     assert_clean_error(cli("export", run, "--format", "onnx", "--out", tmp_path / "m.txt"), ".onnx")
     assert_clean_error(cli("export", run, "--format", "onnx", "--out", tmp_path / "nope" / "m.onnx"), "does not exist")
     assert_clean_error(cli("export", run, "--format", "onnx", "--opset", "3"), "opset")
-    r = cli("export", run, "--format", "tflite")
-    assert r.code == 2 and "invalid choice" in r.err
+    assert_clean_error(cli("export", run, "--format", "tflite"), "unknown export format")
 
 
 def test_export_refuses_when_outputs_differ(trained_run, tmp_path, monkeypatch):
@@ -93,3 +92,17 @@ def test_export_refuses_when_outputs_differ(trained_run, tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="differs from PyTorch"):
         exp.export_onnx(run, out=out, images=x, tolerance=-1.0)
     assert not out.exists() and not exp.sidecar_path(out).exists()
+
+
+def test_onnx_sidecar_records_format_precision_and_the_check(trained_run, tmp_path):
+    """The fp32 ONNX export is `export_model(format="onnx")`: its sidecar and the file itself describe it."""
+    from cnnlab.export import export_onnx, load_exported
+
+    run, _ = trained_run
+    res = export_onnx(run, out=tmp_path / "m.onnx")
+    side = json.loads(Path(res["sidecar"]).read_text())
+    assert (side["format"], side["precision"], side["runtime"]) == ("onnx", "fp32", "onnxruntime")
+    assert side["check"]["max_abs_diff"] == res["max_abs_diff"] <= side["check"]["tolerance"] == 1e-4
+    (tmp_path / "m.onnx.json").unlink()  # the description inside the ONNX file is enough to run it
+    model = load_exported(tmp_path / "m.onnx")
+    assert (model.format, model.precision, model.class_names) == ("onnx", "fp32", ["circle", "square"])

@@ -307,7 +307,7 @@ def test_dynamic_batching_groups_waiting_requests(trained_run, images32):
         for i, r in enumerate(responses):
             assert abs(r.json()["predictions"][0]["probability"] - oracle[i % 4].max()) < 1e-5
         text = httpx.get(f"{url}/metrics").text
-        assert 'cnnlab_batch_size_bucket{le="4"} 1' in text and 'cnnlab_batch_size_bucket{le="8"} 2' in text
+        assert 'cnnlab_batch_size_bucket{le="4.0"} 1' in text and 'cnnlab_batch_size_bucket{le="8.0"} 2' in text  # prometheus_client's bucket labels
         assert "# TYPE cnnlab_request_latency_seconds histogram" in text and "cnnlab_queue_depth 0" in text
 
 
@@ -370,3 +370,45 @@ def test_serve_command_starts_a_real_server(trained_run, tmp_path):
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/" in out and "Traceback" not in err
+
+
+def test_serves_exported_int8_and_openvino_models(tmp_path):
+    """`cnnlab serve model.int8.onnx` / `serve model_openvino`: each runs in its own runtime and answers like the run."""
+    from cnnlab.errors import ConfigError
+    from cnnlab.export import export_model
+    from test_export_formats import HAVE_OPENVINO, STRIPES, train_stripes_model
+
+    run, ds = train_stripes_model(tmp_path / "run")
+    clf = Classifier.load(run)
+    exports = [(export_model(run, format="onnx-int8", data=ds, calibration=64)["path"], "onnx-int8", "int8", "onnxruntime")]
+    if HAVE_OPENVINO:
+        exports.append((export_model(run, format="openvino")["path"], "openvino", "fp32", "openvino"))
+    x = ds.split("test").x[:3]
+    expected = [STRIPES[i] for i in clf.predict_proba(x).argmax(1)]
+    for path, fmt, precision, runtime in exports:
+        with live_server(create_app(ServeConfig(model=path, ort_chunk=2))) as url:
+            info = httpx.get(f"{url}/v1/model").json()
+            assert (info["classes"], info["format"], info["precision"], info["backend"]) == (STRIPES, fmt, precision, runtime)
+            assert info["input_shape"] == {"channels": 3, "height": 32, "width": 32}
+            files = [("file", (f"{i}.png", png_bytes(x[i]), "image/png")) for i in range(3)]  # 3 images: two onnxruntime chunks
+            r = httpx.post(f"{url}/v1/predict?top_k=3", files=files)
+            assert r.status_code == 200, r.text
+            assert [p["class"] for p in r.json()["predictions"]] == expected
+            raw = httpx.post(f"{url}/v1/predict", content=png_bytes(x[0]), headers={"content-type": "image/png"})
+            assert raw.status_code == 200 and raw.json()["predictions"][0]["class"] == expected[0]
+            e = httpx.post(f"{url}/v1/explain", content=png_bytes(x[0]), headers={"content-type": "image/png"})
+            assert e.status_code == 501 and "serve the run folder" in e.json()["detail"]
+    with pytest.raises(ConfigError, match="drop --backend torch"):
+        create_app(ServeConfig(model=exports[0][0], backend="torch"))
+
+
+def test_serve_refuses_a_broken_export_with_one_line(cli, tmp_path):
+    """`cnnlab serve` loads an export before binding: a damaged or missing one is one clear line, exit 2."""
+    from cnnlab.errors import ModelError
+    from cnnlab.serve.app import load_model
+
+    junk = tmp_path / "junk.int8.onnx"
+    junk.write_bytes(b"not an onnx file")
+    assert_clean_error(cli("serve", junk), "junk.int8.onnx", "onnxruntime cannot load it")
+    with pytest.raises(ModelError, match="no such file"):
+        load_model(ServeConfig(model=str(tmp_path / "absent.onnx")))

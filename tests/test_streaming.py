@@ -267,7 +267,7 @@ def test_the_default_recipe_resizes_a_streamed_dataset_by_decoding_at_the_new_si
 
     monkeypatch.setattr(auto, "plan", plan)
     lazy = api.load_dataset(folder, image_size=32, stream=True, workers=1)
-    cfg, ds = session._auto_recipe(TrainConfig(data=str(folder)), lazy, quiet=True)
+    cfg, ds = session.auto_recipe(TrainConfig(data=str(folder)), lazy, quiet=True)
     assert cfg.image_size == 24 and ds.streamed and ds.image_shape == (24, 24, 3)
     mem = api.load_dataset(folder, image_size=24, stream=False)
     np.testing.assert_array_equal(ds.train.x[np.arange(len(ds.train))], mem.train.x)

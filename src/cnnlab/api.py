@@ -24,10 +24,11 @@ from cnnlab.engine.predictor import Classifier, dataset_for_model, expand_image_
 from cnnlab.engine.session import DATA_KEYS, auto_plan, config_for, create_model, dataset_for_config, model_for_config
 from cnnlab.engine.trainer import TrainResult
 from cnnlab.errors import DataError
+from cnnlab.insight.kfold import cross_validate  # K-fold cross-validation: cross_validate(model, data, folds=K, **overrides)
 from cnnlab.insight.report import write_run_report
 
 __all__ = ["load_dataset", "create_model", "list_models", "train", "evaluate", "predict", "load", "config_for", "dataset_for_config",
-           "model_for_config", "auto_plan", "dataset_for_model", "DATA_KEYS"]
+           "model_for_config", "auto_plan", "dataset_for_model", "DATA_KEYS", "cross_validate"]
 
 
 def load_dataset(spec: str | Path, **options: Any) -> Dataset:
@@ -54,7 +55,17 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
     result, ds = session.train(model, data, config=config, out=out, overwrite=overwrite, resume=resume, quiet=quiet,
                                on_epoch_end=on_epoch_end, spent_seconds=spent_seconds, callbacks=callbacks, **overrides)
     if is_main_process():  # in a distributed run only rank 0 writes the run folder
-        write_run_report(result, ds)
+        try:
+            write_run_report(result, ds)
+        except KeyboardInterrupt:  # the run itself is complete (run.json says so); only its report is missing
+            import sys
+
+            print(f"interrupted while writing {result.run_dir / 'report.html'} — the run is complete; rebuild the report with:"
+                  f" cnnlab report {result.run_dir}", file=sys.stderr)
+            raise
+        from cnnlab.track import log_report
+
+        log_report(result.run_dir)  # report.html to the run's MLflow copy, when it logged one
     return result
 
 

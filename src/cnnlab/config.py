@@ -25,11 +25,14 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 OPTIMIZERS = ("auto", "adamw", "sgd", "adam")
 SCHEDULES = ("auto", "onecycle", "cosine", "constant", "plateau")
-AUGMENTS = ("auto", "none", "light", "standard", "strong")
+BALANCES = ("none", "loss", "sampler")
+AUGMENTS = ("auto", "none", "light", "standard", "strong", "randaugment", "trivialaugment")
 CHANNELS = (1, 3)  # grey, RGB
+RESIZES = ("squash", "crop", "pad")  # how a photo that is not square becomes N x N (data/images.fit_image)
 
 # Defaults that several modules need, stated once.
 DEFAULT_IMAGE_SIZE = 100  # image folders are resized to N x N (the seed's 100x100 images); also sizes an unbuilt model
+DEFAULT_RESIZE = "squash"  # measured on cats/dogs photos: BENCHMARKS.md, docs/recipes.md "Aspect ratio"
 DEFAULT_CHANNELS = 3
 DEFAULT_NUM_CLASSES = 2  # sizes a model built without data (`cnnlab models`, `cnnlab summary --model`)
 DEFAULT_VAL_SPLIT = 0.1  # fraction of train held out for validation when the data has no val split
@@ -61,14 +64,16 @@ def scratch_augment(channels: int, size: int) -> str:
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str | None = None, flag: str | None = None, metavar: str | None = None,
-           choices: tuple | None = None, cli: bool = True, default_factory: Any = dataclasses.MISSING) -> Any:
+           choices: tuple | None = None, cli: bool = True, default_factory: Any = dataclasses.MISSING, const: Any = None,
+           pairs: bool = False) -> Any:
     """A dataclass field that also declares its command-line flag (cnnlab.cli generates the flag from it).
 
     flag: the spelling when it is not `--` + the name with dashes (`--aug` for augment); cli=False: no flag.
     The kind of flag follows the field's type: a bool that defaults to False is a switch (`--ema`), other bools
-    get `--x / --no-x`, a dict is a repeatable KEY=VALUE option, list[int] is H,W,C and list[str] is A,B,...
+    get `--x / --no-x`, a dict is a repeatable KEY=VALUE option (pairs=True: also KEY=VALUE,KEY=VALUE), list[int] is
+    H,W,C and list[str] is A,B,...; const: the value of the flag given without one (`--balance` = loss).
     """
-    meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices}
+    meta = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "const": const, "pairs": pairs or None}
     meta = {k: v for k, v in meta.items() if v is not None}
     return field(default=default, default_factory=default_factory, metadata={**meta, "cli": cli})
 
@@ -86,6 +91,9 @@ class DataOptions:
     data: str | None = option(None, metavar="SPEC", help="dataset folder, labels table (.csv), seed CSV folder, .npz, builtin:shapes /"
                                                          " builtin:digits, or a public dataset: cifar10, cifar100, mnist, fashion-mnist")
     image_size: int | None = option(None, metavar="N", help="resize images to N x N")  # None: keep the data's size; folders: DEFAULT_IMAGE_SIZE
+    resize: str | None = option(None, choices=RESIZES, help="photos that are not square: squash = stretch to N x N, crop = centre square,"
+                                                            f" pad = letterbox with mean grey (default {DEFAULT_RESIZE}; a trained model:"
+                                                            " as trained)")  # data/images.fit_image
     image_shape: list[int] | None = option(None, metavar="H,W,C", help="shape of one seed-CSV row (default: inferred square)")
     channels: int | None = option(None, choices=CHANNELS, help="3 = RGB, 1 = greyscale")  # None: 3 for image folders
     classes: list[str] | None = option(None, metavar="A,B,...", help="class names for numeric labels")  # CSV / npz labels
@@ -122,6 +130,7 @@ class TrainConfig(DataOptions):
     data: str = _data_default("data", "")
     val_split: float = _data_default("val_split", DEFAULT_VAL_SPLIT)
     max_bad_fraction: float = _data_default("max_bad_fraction", DEFAULT_MAX_BAD_FRACTION)
+    resize: str = _data_default("resize", DEFAULT_RESIZE)  # recorded, so a run repeats with the mode it trained with
     model: str = option("auto", help="registry name (see `cnnlab models`); default auto: chosen with the image size and augmentation from the"
                                      " data and time budget (docs/recipes.md)")  # engine/auto.py chooses
     model_args: dict[str, Any] = option(default_factory=dict, flag="--model-arg", metavar="KEY=VALUE", help="model argument, e.g. width=48")
@@ -149,6 +158,11 @@ class TrainConfig(DataOptions):
     label_smoothing: float | None = option(None, metavar="F")  # None: 0 for seed_cnn, 0.1 otherwise
     ema: bool = option(False, help="evaluate and save an exponential moving average of the weights")
     ema_decay: float = option(0.999, cli=False)
+    # experiment trackers (cnnlab/track/): None = auto
+    tensorboard: bool | None = option(None, help="log losses, accuracy, LR, hyperparameters and images to RUN/tensorboard (default: on when"
+                                                 " the tensorboard package is installed; --tensorboard fails without it)")
+    mlflow: bool | None = option(None, help="log params, per-epoch metrics and the model file to MLflow (MLFLOW_TRACKING_URI, else"
+                                            " MLflow's default store; default: on when MLFLOW_TRACKING_URI is set)")
     grad_clip: float = option(0.0, metavar="NORM", help="clip the global gradient norm (0 = off)")
     accum_steps: int = option(1, metavar="N", help="add up the gradients of N batches before each optimizer step: the update of an N times"
                                                    " larger batch, in the memory of one (default 1)")
@@ -156,7 +170,11 @@ class TrainConfig(DataOptions):
                                                                   " 10m, 1h), so a killed run loses at most that much; auto = every 5"
                                                                   " minutes, off = at epoch ends only")
     patience: int = option(0, metavar="N", help="stop after N epochs without a better val accuracy")  # 0 = off
-    balance: bool = option(False, help="weight the loss by inverse class frequency")
+    balance: str = option("none", choices=BALANCES, const="loss", help="imbalanced classes: loss = weight the loss by inverse class"
+                                                                        " frequency (also plain --balance), sampler = draw each epoch's"
+                                                                        " images class-balanced (with replacement, seeded)")
+    class_weights: dict[str, float] = option(default_factory=dict, flag="--class-weights", metavar="CLASS=W,...", pairs=True,
+                                             help="weight the loss per class by name, e.g. cat=2,dog=1 (classes left out: 1)")
     augment: str = option("auto", flag="--aug", choices=AUGMENTS, help="augmentation preset")  # auto: none for seed_cnn, light otherwise
     aug_args: dict[str, Any] = option(default_factory=dict, flag="--aug-arg", metavar="OP=VALUE", help="per-op override, e.g. rotate=15 or mixup=0.2")
     tta: bool | None = option(None, help="test-time augmentation for the final test score: each image and its mirror, at the trained size and the"
@@ -194,6 +212,12 @@ class TrainConfig(DataOptions):
         _check(0 < self.ema_decay < 1, "ema_decay", self.ema_decay, "a number in (0, 1) such as 0.999")
         _check(self.grad_clip >= 0 and math.isfinite(self.grad_clip), "grad_clip", self.grad_clip, "a number >= 0 (0 = off)")
         _check(self.patience >= 0, "patience", self.patience, "a whole number >= 0 (0 = off)")
+        _check(self.balance in BALANCES, "balance", self.balance, "one of " + ", ".join(BALANCES))
+        for name, w in self.class_weights.items():
+            _check(not isinstance(w, bool) and isinstance(w, (int, float)) and math.isfinite(w) and w > 0, "class_weights",
+                   f"{name}={w}", "a positive weight per class, e.g. cat=2,dog=1")
+        if self.class_weights and self.balance == "loss":
+            raise ConfigError("class_weights and balance = loss both set the loss weights — choose one (drop --balance or --class-weights)")
         _check(self.accum_steps >= 1, "accum_steps", self.accum_steps, "a whole number of batches >= 1 (1 = off)")
         parse_checkpoint_every(self.checkpoint_every)
         _check(self.time_budget is None or math.isfinite(self.time_budget) and self.time_budget > 0, "time_budget",
@@ -202,6 +226,7 @@ class TrainConfig(DataOptions):
         _check(0 <= self.max_bad_fraction <= 1, "max_bad_fraction", self.max_bad_fraction, "a fraction in [0, 1]")
         _check(self.workers is None or self.workers >= 0, "workers", self.workers, "a number of decoding processes >= 0")
         _check(self.image_size is None or self.image_size >= 8, "image_size", self.image_size, "a size in pixels >= 8")
+        _check(self.resize in RESIZES, "resize", self.resize, "one of " + ", ".join(RESIZES))
         _check(self.train_size is None or not isinstance(self.train_size, bool) and isinstance(self.train_size, int) and self.train_size >= 8,
                "train_size", self.train_size, "a size in pixels >= 8")
         _check(self.channels is None or self.channels in CHANNELS, "channels", self.channels, "1 (grey) or 3 (RGB)")
@@ -296,6 +321,8 @@ def config_from_dict(values: dict[str, Any], base: TrainConfig | None = None, so
             close = [k for k in _HINTS if k.split("_")[0] == str(key).split("_")[0]]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{source}: unknown key {key!r}{hint} — valid keys: {', '.join(_HINTS)}")
+        if key == "balance" and isinstance(value, bool):  # written as a switch by earlier versions
+            value = "loss" if value else "none"
         setattr(cfg, key, _coerce(key, value, _HINTS[key], source))
     return cfg
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError
 
 
 _UMASK = os.umask(0o022)
@@ -85,3 +85,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def writable_folder(path: str | os.PathLike, option: str) -> Path:
+    """Make sure `path` is a folder this process can write into (creating it), before any work is spent on what
+    goes there; otherwise a one-line ConfigError (exit 2) naming the option and the reason."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".cnnlab-write-test.", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        why = "a file is in the way" if p.exists() and not p.is_dir() else (e.strerror or e.__class__.__name__)
+        raise ConfigError(f"{option} {p}: cannot write there ({why}) — choose a writable folder") from None
+    return p

@@ -2,21 +2,52 @@
 sample grids, prediction grids, training curves).
 
 Bottom layer (docs/architecture.md): the engine (samples, predictions, curves of a run), insight, tune and lr-find
-all draw through it. A figure function takes arrays and a path and returns the path it saved.
+all draw through it. A `*_figure` function takes arrays and returns a matplotlib Figure (what the notebook API
+returns: insight/notebook.py); its `save_*` twin saves that figure as a PNG and returns the path.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # files only; no display needed
+if "ipykernel" not in sys.modules:  # files only; in Jupyter the kernel's inline backend stays (switching closes the user's figures)
+    matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from cnnlab.io import atomic_path  # noqa: E402
+
+PNG_DPI = 100
+
+
+class InlineFigure(Figure):
+    """A Figure outside pyplot: nothing to close, drawn with Agg wherever it is saved, and shown inline by Jupyter.
+
+    Jupyter's matplotlib formatter is registered only once pyplot has loaded the inline backend, so the figure
+    also renders itself (`_repr_png_`); with the formatter present IPython uses that one — one image either way.
+    """
+
+    def _repr_png_(self) -> bytes:
+        return figure_png(self)
+
+
+def new_figure(rows: int = 1, cols: int = 1, figsize: tuple[float, float] = (6.4, 4.8), **subplot_kw):
+    """(figure, axes) like plt.subplots, without pyplot: library code never opens windows or leaves figures open."""
+    fig = InlineFigure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, **subplot_kw)
+
+
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes (what save_figure writes)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=PNG_DPI, bbox_inches="tight")
+    return buf.getvalue()
 
 OK_COLOUR, WRONG_COLOUR = "#1a7f37", "#cf222e"
 
@@ -36,25 +67,29 @@ def save_figure(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(tmp, format="png", dpi=PNG_DPI, bbox_inches="tight")
+    plt.close(fig)  # a pyplot figure (other modules draw with plt.subplots); an InlineFigure has nothing to close
     return path
 
 
-def save_image(img: np.ndarray, title: str, path: str | Path, colour: str = "black") -> Path:
+def image_figure(img: np.ndarray, title: str, colour: str = "black") -> Figure:
     """One image with a title, like the tutorial's plt.imshow + plt.title."""
-    fig, ax = plt.subplots(figsize=(4, 4.3))
+    fig, ax = new_figure(figsize=(4, 4.3))
     show_image(ax, img)
     ax.set_title(title, color=colour, fontsize=12)
-    return save_figure(fig, path)
+    return fig
 
 
-def save_grid(images: np.ndarray, titles: list[str], path: str | Path, colours: list[str] | None = None, suptitle: str = "") -> Path:
+def save_image(img: np.ndarray, title: str, path: str | Path, colour: str = "black") -> Path:
+    return save_figure(image_figure(img, title, colour), path)
+
+
+def grid_figure(images: np.ndarray, titles: list[str], colours: list[str] | None = None, suptitle: str = "") -> Figure:
     """A near-square grid of labelled images."""
     n = len(images)
-    cols = min(n, max(1, math.ceil(math.sqrt(n))))
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    cols = max(1, min(n, math.ceil(math.sqrt(n))))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = new_figure(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
     for i, ax in enumerate(axes.flat):
         if i < n:
             show_image(ax, images[i])
@@ -64,15 +99,19 @@ def save_grid(images: np.ndarray, titles: list[str], path: str | Path, colours: 
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def save_curves(history: list[dict], path: str | Path) -> Path:
+def save_grid(images: np.ndarray, titles: list[str], path: str | Path, colours: list[str] | None = None, suptitle: str = "") -> Path:
+    return save_figure(grid_figure(images, titles, colours, suptitle), path)
+
+
+def curves_figure(history: list[dict]) -> Figure:
     """Loss and accuracy per epoch, train vs validation; the learning rate too when the history has it."""
     epochs = [r["epoch"] for r in history]
     lrs = [r.get("lr") for r in history]
     has_lr = any(v is not None and v == v for v in lrs)
-    fig, axes = plt.subplots(1, 3 if has_lr else 2, figsize=(15 if has_lr else 10, 4))
+    fig, axes = new_figure(1, 3 if has_lr else 2, figsize=(15 if has_lr else 10, 4))
     ax1, ax2 = axes[0], axes[1]
     if has_lr:
         axes[2].plot(epochs, lrs, "o-", color="#8250df")
@@ -90,7 +129,11 @@ def save_curves(history: list[dict], path: str | Path) -> Path:
         ax.legend()
     ax2.set_ylim(0, 1.02)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
+
+
+def save_curves(history: list[dict], path: str | Path) -> Path:
+    return save_figure(curves_figure(history), path)
 
 
 def prediction_titles(pred: np.ndarray, prob: np.ndarray, truth: np.ndarray, names: list[str]) -> tuple[list[str], list[str]]:

@@ -11,6 +11,7 @@ Every input problem ends as one line on stderr and exit code 2; interruption as 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from cnnlab._version import __version__
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # `train --nproc N` runs the same command line once per rank
     args.count_startup = argv is None  # a command-line run: a time budget also covers interpreter start-up
     code = run(args.func, args)
+    if argv is None:  # the command has answered: a late Ctrl-C must not turn the interpreter's teardown into a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     distributed = sys.modules.get("cnnlab.engine.distributed")  # only imported by commands that can join a group
     if argv is None and distributed is not None:  # a command-line rank leaves without the interpreter's teardown
         distributed.exit_rank_process(code)

@@ -66,6 +66,11 @@ def parse_key_value(text: str) -> tuple[str, Any]:
 # ------------------------------------------------------------------ flags generated from config fields
 
 
+def parse_pairs(text: str) -> list[tuple[str, Any]]:
+    """'cat=2,dog=1' -> [('cat', 2), ('dog', 1)]."""
+    return [parse_key_value(part) for part in text.split(",") if part.strip()]
+
+
 def cli_fields(cls) -> list[str]:
     """The names of cls's fields that declare a flag, in declaration order."""
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("cli")]
@@ -92,13 +97,15 @@ def _flag_kwargs(f: dataclasses.Field, annotation: Any, unset: Any) -> dict[str,
     meta = f.metadata
     kwargs: dict[str, Any] = {"default": unset, "help": meta.get("help")}
     kwargs.update({k: meta[k] for k in ("metavar", "choices") if k in meta})
+    if "const" in meta:  # the flag alone means this value
+        kwargs.update(nargs="?", const=meta["const"])
     inner = [a for a in typing.get_args(annotation) if a is not type(None)]
     base = inner[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) else annotation  # T | None -> T
     origin = typing.get_origin(base) or base
     if origin is bool:  # a switch when off by default; --x / --no-x when on or undecided (None) by default
         kwargs["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
-    elif origin is dict:  # repeatable KEY=VALUE
-        kwargs.update(action="append", type=parse_key_value)
+    elif origin is dict:  # repeatable KEY=VALUE (pairs: KEY=VALUE,KEY=VALUE in one go)
+        kwargs.update(action="extend" if meta.get("pairs") else "append", type=parse_pairs if meta.get("pairs") else parse_key_value)
     elif origin is list:
         kwargs["type"] = parse_shape if typing.get_args(base) == (int,) else parse_names
     elif origin is not str:
@@ -135,6 +142,22 @@ def print_notes(ds) -> None:
         print(note, file=sys.stderr)
 
 
+# The optional parts of cnnlab (pyproject's extras) and the packages they bring: a command that meets one missing
+# says which `pip install` adds it, instead of a traceback.
+EXTRAS = {
+    "serve": ("fastapi", "uvicorn", "multipart", "python_multipart", "httptools", "prometheus_client"),
+    "tune": ("optuna", "sqlalchemy", "alembic"),
+    "export": ("onnx", "onnxruntime", "onnxconverter_common", "onnxscript"),
+    "track": ("tensorboard", "mlflow"),
+}
+
+
+def missing_extra(e: ModuleNotFoundError) -> str | None:
+    """The extra that provides the module an import could not find, or None (a bug, or not ours)."""
+    top = (e.name or "").split(".")[0]
+    return next((extra for extra, modules in EXTRAS.items() if top in modules), None)
+
+
 def run(handler, args: argparse.Namespace) -> int:
     """Call handler(args): bad input is one line on stderr and its exit code (2), Ctrl-C exit 130, a bug exit 1."""
     try:
@@ -146,6 +169,16 @@ def run(handler, args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug, not bad input: say so in one line, traceback only on request
+        extra = missing_extra(e) if isinstance(e, ModuleNotFoundError) else None
+        if extra is not None:  # an optional part that is not installed: which pip install adds it
+            command = " ".join(filter(None, (getattr(args, "command", None), getattr(args, "data_command", None))))
+            print(f"error: `cnnlab {command}` needs the {extra!r} extra ({e.name} is not installed) — pip install 'cnnlab[{extra}]'",
+                  file=sys.stderr)
+            return 2
+        if isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower():
+            detail = str(e).strip().splitlines()[0][:100] if str(e).strip() else "MemoryError"
+            print(f"error: out of memory ({detail}) — choose a smaller --image-size or --batch-size", file=sys.stderr)
+            return 2
         if os.environ.get("CNNLAB_DEBUG"):
             raise
         print(f"internal error: {e.__class__.__name__}: {e} — please report it (set CNNLAB_DEBUG=1 for the traceback)", file=sys.stderr)

@@ -16,10 +16,11 @@ def register(sub) -> None:
     p.set_defaults(func=_needs_action)
     actions = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=Parser)
 
-    q = actions.add_parser("convert", help="write any dataset in the seed's CSV layout (--to csv) or as image folders (--to folder)")
+    q = actions.add_parser("convert", help="write any dataset in the seed's CSV layout (--to csv), as image folders (--to folder) or as images + labels.csv (--to table)")
     q.add_argument("src", metavar="SPEC")
     q.add_argument("out", metavar="OUT_DIR")
-    q.add_argument("--to", choices=("csv", "folder"), required=True)
+    q.add_argument("--to", choices=("csv", "folder", "table"), required=True,
+                   help="csv: the seed's pixel CSVs; folder: one subfolder per class; table: images/ + labels.csv (file, label, split)")
     q.add_argument("--overwrite", action="store_true")
     add_data_options(q)
     q.set_defaults(func=cmd_convert)

@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true")
     add_data_options(p)
     p.add_argument("--random", action="store_true", help="with --data: predict a random image and save a PNG with prediction and truth")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="auto: the run's ONNX export with onnxruntime when it is there and up to date (no PyTorch start-up),"
+                        " else PyTorch; onnxruntime: insist on the export (`cnnlab export RUN --format onnx`)")
     p.add_argument("--split", choices=EVAL_SPLITS)
     p.add_argument("--seed", type=int, help="pick the random image reproducibly")
     p.add_argument("--out", metavar="FILE.png")
@@ -41,6 +44,10 @@ def register(sub) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from cnnlab import api
 
+    if args.plots is not None:
+        from cnnlab.io import writable_folder
+
+        writable_folder(args.plots, "--plots")  # before the evaluation, not after it
     clf = api.load(args.run)
     ds = api.dataset_for_model(clf, need_data(args), **data_options(args).load_kwargs())
     print_notes(ds)
@@ -81,16 +88,21 @@ def print_evaluation(res: dict) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cnnlab import api
+    from cnnlab.data.images import expand_image_paths
+    from cnnlab.onnx_predictor import predictor_for
 
-    clf = api.load(args.run)
-    if args.random:
-        return _predict_random(args, clf)
-    if not args.paths:
+    if not args.random and not args.paths:
         raise ConfigError("predict needs IMAGE_OR_FOLDER paths, or --data SPEC --random")
-    from cnnlab.engine.predictor import expand_image_paths
+    lite = None if args.random else predictor_for(args.run, args.backend, args.tta)  # an ONNX export: no torch import
+    if lite is not None:
+        results = lite.predict_files(expand_image_paths(args.paths), args.top_k)
+    else:
+        from cnnlab import api
 
-    results = clf.predict_files(expand_image_paths(args.paths), args.top_k, tta=args.tta)
+        clf = api.load(args.run)
+        if args.random:
+            return _predict_random(args, clf)
+        results = clf.predict_files(expand_image_paths(args.paths), args.top_k, tta=args.tta)
     failed = [r for r in results if "error" in r]
     if args.json:
         print(json.dumps(results))

@@ -41,7 +41,7 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="table of configs and final metrics of runs, overlaid curves (PNG + HTML)")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders; a cross-validation folder (train --folds K) stands for its K fold runs")
     p.add_argument("--out", metavar="DIR", default="compare", help="where compare.png and compare.html go (default: compare/)")
     p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/insight.md)")
     p.set_defaults(func=cmd_compare)

@@ -46,9 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # Load and verify now, so a bad model file is a clean error before binding.
     app = create_app(cfg) if args.workers == 1 else None
     if app is None:
-        from cnnlab.engine.predictor import Classifier
+        from cnnlab.serve.app import load_model
 
-        Classifier.load(cfg.model)
+        load_model(cfg)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host} exposes the service beyond this machine; there is no authentication", file=sys.stderr)
     print(f"serving {args.model} ({cfg.backend}, {cfg.threads} backend + {cfg.decode_threads} decode threads per worker) "

@@ -44,18 +44,14 @@ def cmd_show(args: argparse.Namespace) -> int:
         n = args.grid if args.grid is not None else 16
         if n < 1:
             raise ConfigError("--grid N needs N >= 1")
-        idx = rng.choice(len(s), size=min(n, len(s)), replace=False)
-        x, titles = s.x[idx], [ds.class_names[int(v)] for v in s.y[idx]]
         preset = None
         if args.augmented:
-            from cnnlab.config import scratch_augment
-            from cnnlab.data.augment import augment_uint8, resolve_ops, training_size
+            from cnnlab.insight.notebook import augmented_samples
 
-            h, w, c = ds.image_shape
-            preset = scratch_augment(c, min(h, w)) if args.augment == "auto" else args.augment
-            ops = resolve_ops(preset, dict(args.aug_args))
-            x, notes = augment_uint8(x, s.y[idx], ops, args.seed or 0, training_size(args.train_size, x.shape[1:3]))
-            titles = [_name_partner(t + note, ds.class_names) for t, note in zip(titles, notes)]
+            x, titles, preset = augmented_samples(ds, args.augment, dict(args.aug_args), args.train_size, n, args.split, args.seed)
+        else:
+            idx = rng.choice(len(s), size=min(n, len(s)), replace=False)
+            x, titles = s.x[idx], [ds.class_names[int(v)] for v in s.y[idx]]
         out = plots.save_grid(x, titles, Path(args.out or ("augmented.png" if preset else "samples.png")),
                               suptitle=f"augmented ({preset})" if preset else "")
     else:
@@ -65,11 +61,3 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"saved {out}")
     return 0
 
-
-def _name_partner(title: str, names: list[str]) -> str:
-    """'cat (70%) + 1 (30%)' -> 'cat (70%)\\n+ dog (30%)' for mixup/cutmix grids."""
-    head, sep, tail = title.partition(" + ")
-    if not sep:
-        return title
-    idx, _, rest = tail.partition(" ")
-    return f"{head}\n+ {names[int(idx)]} {rest}"

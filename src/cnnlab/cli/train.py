@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--nproc", type=parse_nproc, default=1, metavar="N",
                    help="train with N processes on this machine (DistributedDataParallel; --batch-size stays the global batch); "
                         "several machines: torchrun, see docs/scale-out.md")
+    p.add_argument("--folds", type=int, metavar="K", help="K-fold cross-validation: K runs under one folder (--out), each holding out one"
+                   " stratified fold (seeded by --seed); prints and writes the pooled held-out metrics (docs/recipes.md)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -38,6 +40,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from cnnlab.engine import distributed, launcher
 
     starts_ranks = launcher.starts_ranks(args.nproc)  # --nproc N > 1: this process runs N ranks of the same command
+    if args.folds is not None or args.resume and _is_cross_validation(args.resume):  # orchestration, not a TrainConfig field
+        return cmd_cross_validate(args, starts_ranks)
     if args.resume:
         given = [k for k in CONFIG_KEYS if getattr(args, k, None) not in (None, False)]
         if given or args.config or args.out:
@@ -64,6 +68,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_cross_validation(path: str) -> bool:
+    from cnnlab.engine.kfold import fold_of, is_cross_validation
+
+    if (fold := fold_of(path)) is not None:
+        raise ConfigError(f"{path} is fold {fold[1]} of the cross-validation {fold[0]} — resume the whole cross-validation:"
+                          f" cnnlab train --resume {fold[0]}")
+    return is_cross_validation(path)
+
+
+def cmd_cross_validate(args: argparse.Namespace, starts_ranks: bool) -> int:
+    """`cnnlab train --folds K` and `cnnlab train --resume CROSS_VALIDATION_FOLDER`."""
+    from cnnlab import api
+    from cnnlab.engine.device import process_age
+
+    if args.nproc > 1 or starts_ranks:
+        raise ConfigError("--folds trains its folds one after another in one process — drop --nproc")
+    spent = process_age() if args.count_startup else 0.0  # each fold's time budget covers the start-up, as one run's would
+    if args.resume:
+        if args.folds is not None:
+            raise ConfigError(f"--folds with --resume: {args.resume} continues with the folds it started with — drop --folds")
+        given = [k for k in CONFIG_KEYS if getattr(args, k, None) not in (None, False)]
+        if given or args.config or args.out:
+            raise ConfigError("--resume continues a cross-validation exactly as configured — drop the other options")
+        result = api.cross_validate(resume=args.resume, quiet=args.quiet, spent_seconds=spent)
+    else:
+        cfg = config_from_args(args)
+        result = api.cross_validate(cfg.model, cfg.data, folds=args.folds, config=cfg, out=args.out, overwrite=args.overwrite,
+                                    quiet=args.quiet, spent_seconds=spent)
+    print(result)
+    print(f"report: {result.root / 'report.html'} (open it in a browser)")
+    return 0
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The TrainConfig of a command line: the --config file (if any), then the flags that were given."""
     from cnnlab.config import config_from_dict, load_config_file
@@ -75,7 +112,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
         overrides["model"] = "layer_list"
         overrides["model_args"] = [*overrides.get("model_args", []), ("layers", read_model_file(args.model_file))]
-    for key in ("model_args", "aug_args"):  # KEY=VALUE flags add to the config file's, one key at a time
+    for key in ("model_args", "aug_args", "class_weights"):  # KEY=VALUE flags add to the config file's, one key at a time
         if key in overrides:
             overrides[key] = {**(getattr(base, key) if base else {}), **dict(overrides[key])}
     return config_from_dict(overrides, base=base, source="command line").validate()

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cnnlab.data import images, labels_table
-from cnnlab.data.sources import class_from_file_name, find_split_folders, load_dataset, no_classes_error, walk_files
+from cnnlab.data.sources import (class_from_file_name, find_split_folders, load_dataset, no_classes_error, scan_image_folder,
+                                 walk_files)
+from cnnlab.errors import DataError
 
 CHECK_SIZE = 32  # decode every image fully (truncation shows only then), resized small to save memory
 
@@ -52,6 +54,11 @@ def _ignore_reason(p: Path) -> str | None:
 
 
 def check_image_folder(root: Path, channels: int = 3) -> CheckReport:
+    try:
+        scan_image_folder(root)  # the layout rules training applies (classes, empty class folders)
+        refused = None
+    except DataError as e:
+        refused = e  # what training would say: raised below unless the report's own list of bad files says more
     rep = CheckReport(str(root), "image-folder")
     split_roots, beside = find_split_folders(root)
     split_roots = split_roots or {"train": root}
@@ -97,6 +104,8 @@ def check_image_folder(root: Path, channels: int = 3) -> CheckReport:
     rep.bad = sorted(bad + unnamed)
     for i in ok:
         rep.splits[candidates[i][0]] = rep.splits.get(candidates[i][0], 0) + 1
+    if refused is not None and not rep.bad:
+        raise refused
     return rep
 
 

@@ -1,4 +1,5 @@
-"""Write any dataset in the seed's CSV layout, or as image folders (one subfolder per class).
+"""Write any dataset in the seed's CSV layout, as image folders (one subfolder per class), or as a labels table
+(images/ + labels.csv, Kaggle's layout).
 
 CSV layout: input.csv / labels.csv (train, with val merged in: the seed format has no val file),
 input_test.csv / labels_test.csv when there is a test split, and classes.txt with the class names.
@@ -28,7 +29,7 @@ def convert(ds: Dataset, out: str | Path, to: str, overwrite: bool = False) -> d
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        written = _write_csv(ds, tmp) if to == "csv" else _write_folders(ds, tmp)
+        written = {"csv": _write_csv, "folder": _write_folders, "table": _write_table}[to](ds, tmp)
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         tmp.rename(out)
@@ -63,6 +64,25 @@ def _write_folders(ds: Dataset, folder: Path) -> dict[str, int]:
             arr = img[:, :, 0] if img.shape[2] == 1 else img
             Image.fromarray(arr).save(folder / split / _safe_name(ds.class_names[label]) / f"{i:06d}.png")
         written[split] = len(s)
+    return written
+
+
+def _write_table(ds: Dataset, folder: Path) -> dict[str, int]:
+    """Kaggle's layout: every image in images/, and labels.csv (file, label, split) naming them — what
+    `--data OUT/labels.csv` (or `--data OUT/images --labels OUT/labels.csv`) reads back."""
+    import csv
+
+    (folder / "images").mkdir()
+    written = {}
+    with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        table = csv.writer(f)
+        table.writerow(["file", "label", "split"])
+        for split, s in ds.splits.items():
+            for i, (img, label) in enumerate(zip(s.x, s.y)):
+                name = f"images/{split}_{i:06d}.png"
+                Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(folder / name)
+                table.writerow([name, ds.class_names[label], split])
+            written[split] = len(s)
     return written
 
 

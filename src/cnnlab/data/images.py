@@ -12,6 +12,12 @@ Decoding rules (`open_image`):
 * the EXIF orientation tag is applied, animated GIF/WebP/PNG give their first frame;
 * any mode becomes "RGB" (``channels=3``) or "L" (``channels=1``): transparency is composited on
   white, 16-bit data is scaled to 8 bits (65535 -> 255), CMYK/YCbCr/palette/1-bit are converted.
+
+Fitting to the model's size (`fit_image`, the one place every path does it: training folders, streamed
+batches, predict, serve, arrays of another shape): ``resize`` = "squash" stretches the whole image to
+H x W, "crop" takes the largest centred box of the target's aspect ratio (a square for N x N) and
+resizes that, "pad" resizes the whole image to fit inside H x W and centres it on a canvas of `PAD_RGB`
+(letterbox). All three use bilinear filtering with a reducing gap, as squashing always did.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cnnlab.errors import DataError
+from cnnlab.config import DEFAULT_RESIZE, RESIZES
+from cnnlab.errors import ConfigError, DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -35,6 +42,9 @@ __all__ = [
     "MAX_IMAGE_PIXELS",
     "ImageReadError",
     "open_image",
+    "fit_image",
+    "check_resize",
+    "PAD_RGB",
     "load_image",
     "load_images",
     "check_image_header",
@@ -59,6 +69,13 @@ _IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 # warnings.catch_warnings, which swaps process-global state, so Image.open (header only, cheap)
 # is serialised behind this lock. Decoding (im.load) runs outside the lock, in parallel.
 _OPEN_LOCK = threading.Lock()
+
+# The letterbox colour of resize="pad": the ImageNet mean (0.485, 0.456, 0.406) x 255, rounded, so the bars
+# normalise to ~0 for the pretrained backbones (the default recipe) — the value their convolutions' zero padding
+# already shows them beyond an image's edge — and are a neutral mid grey for models trained from scratch.
+# Greyscale images are padded with its luma as Pillow's "L" conversion computes it.
+PAD_RGB = (124, 116, 104)
+PAD_GREY = 117
 
 _JPEG_FORMATS = {"JPEG", "MPO"}
 # EXIF orientations 5..8 swap width and height.
@@ -343,6 +360,47 @@ def _high_depth_to_uint8(im: Image.Image) -> np.ndarray:
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
+# --------------------------------------------------------------------------- fitting to the model's size
+
+
+def check_resize(resize: str | None) -> str:
+    """`resize` when it is one of RESIZES, DEFAULT_RESIZE for None; a one-line ConfigError otherwise."""
+    if resize is None:
+        return DEFAULT_RESIZE
+    if resize not in RESIZES:
+        raise ConfigError(f"resize = {resize!r} is invalid — expected one of {', '.join(RESIZES)} (--resize squash|crop|pad)")
+    return resize
+
+
+def fit_image(im: Image.Image, size: tuple[int, int], resize: str | None = None) -> Image.Image:
+    """`im` ("RGB" or "L") fitted to exactly `size` = (H, W) as `resize` says (module docstring); bilinear.
+
+    crop: the box is PIL.ImageOps.fit's (centred, fractional edges kept: the resampling weighs them);
+    pad: the inner size and offsets are PIL.ImageOps.pad's (round half to even), the rest is `PAD_RGB`.
+    """
+    h, w = _check_size(size)
+    resize = check_resize(resize)
+    src_w, src_h = im.size
+    if resize == "squash" or src_w * h == src_h * w:  # same aspect ratio: all three modes are one resize
+        return im if im.size == (w, h) else im.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
+    if resize == "crop":
+        if src_w * h > src_h * w:  # wider than the target: cut the sides
+            box_w, box_h = src_h * w / h, float(src_h)
+        else:  # taller: cut top and bottom
+            box_w, box_h = float(src_w), src_w * h / w
+        left, top = (src_w - box_w) / 2, (src_h - box_h) / 2
+        return im.resize((w, h), Image.BILINEAR, box=(left, top, left + box_w, top + box_h), reducing_gap=2.0)
+    # pad: the whole image inside (w, h), its long side (relative to the target) filling it
+    if src_w * h > src_h * w:
+        inner = (w, max(1, round(src_h / src_w * w)))
+    else:
+        inner = (max(1, round(src_w / src_h * h)), h)
+    placed = im.resize(inner, Image.BILINEAR, reducing_gap=2.0)
+    canvas = Image.new(im.mode, (w, h), PAD_GREY if im.mode == "L" else PAD_RGB)
+    canvas.paste(placed, (round((w - inner[0]) / 2), round((h - inner[1]) / 2)))
+    return canvas
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -377,22 +435,25 @@ def load_image(
     *,
     channels: int = 3,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    resize: str | None = None,
 ) -> np.ndarray:
-    """Decode `path` into a uint8 (H, W, C) array, squashed to exactly `size` = (H, W) if given.
+    """Decode `path` into a uint8 (H, W, C) array, fitted to exactly `size` = (H, W) if given.
 
-    The aspect ratio is not kept (like Keras' image_dataset_from_directory). JPEGs are first
-    downscaled in the DCT domain (Image.draft) to at least the target size, then the image is
-    resized with bilinear filtering and a reducing gap (box pre-reduction), so large downscales
-    stay smooth (no aliasing) and cheap.
+    `resize` says how an image of another aspect ratio fits (`fit_image`): squash (aspect ratio not
+    kept, like Keras' image_dataset_from_directory), crop (centre) or pad (letterbox). JPEGs are first
+    downscaled in the DCT domain (Image.draft) to at least the target size — the crop box and the padded
+    image are no larger — then resized with bilinear filtering and a reducing gap (box pre-reduction), so
+    large downscales stay smooth (no aliasing) and cheap.
     """
     _check_channels(channels)
     hw = _check_size(size) if size is not None else None
+    resize = check_resize(resize)
     im = _open_checked(path, max_pixels)
     try:
         out = _decode(path, im, channels, hw)
         if hw is not None and out.size != (hw[1], hw[0]):
             try:
-                out = out.resize((hw[1], hw[0]), Image.BILINEAR, reducing_gap=2.0)
+                out = fit_image(out, hw, resize)
             except Exception as e:  # pragma: no cover - defensive
                 raise ImageReadError(path, f"cannot resize image ({_exc_reason(e)})") from None
         arr = np.asarray(out, dtype=np.uint8)
@@ -411,8 +472,9 @@ def load_images(
     workers: int | None = None,
     on_error: str = "collect",
     max_pixels: int = MAX_IMAGE_PIXELS,
+    resize: str | None = None,
 ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
-    """Decode many files into one uint8 (N_ok, H, W, C) array, in the order of `paths`.
+    """Decode many files into one uint8 (N_ok, H, W, C) array, in the order of `paths`, each fitted as `resize` says.
 
     Returns ``(array, ok_indices, bad)`` where ``ok_indices[i]`` is the position in `paths` of
     ``array[i]`` and ``bad`` lists ``(path, reason)`` for each file that could not be used.
@@ -423,6 +485,7 @@ def load_images(
         raise ValueError(f"on_error must be 'collect' or 'raise', got {on_error!r}")
     _check_channels(channels)
     h, w = _check_size(size)
+    resize = check_resize(resize)
     paths = list(paths)
     n = len(paths)
     out = np.empty((n, h, w, channels), dtype=np.uint8)
@@ -437,7 +500,7 @@ def load_images(
 
     def one(p):
         try:
-            return load_image(p, (h, w), channels=channels, max_pixels=max_pixels), None
+            return load_image(p, (h, w), channels=channels, max_pixels=max_pixels, resize=resize), None
         except ImageReadError as e:
             return None, e
         except DataError as e:  # pragma: no cover - defensive
@@ -501,3 +564,32 @@ def is_os_file(name: str) -> bool:
 def filter_image_files(paths: Iterable) -> list:
     """The entries of `paths` for which `is_image_file` is true, in order."""
     return [p for p in paths if is_image_file(p)]
+
+
+def walk_files(folder: Path) -> list[Path]:
+    """Every non-directory entry below `folder`, sorted, without entering hidden folders (.thumbnails,
+    .ipynb_checkpoints) or following folder symlinks (no loops); a linked folder is listed itself."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=None):
+        d = Path(dirpath)
+        dirnames[:] = [n for n in dirnames if not n.startswith(".")]
+        out.extend(d / n for n in filenames)
+        out.extend(d / n for n in dirnames if (d / n).is_symlink())  # a linked folder: reported, not entered
+    return sorted(out)
+
+
+def expand_image_paths(inputs: list[str | Path]) -> list[Path]:
+    """Files as given; folders expanded to their image files (recursive, sorted, hidden folders skipped)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = [f for f in walk_files(p) if f.is_file() and is_image_file(f)]
+            if not found:
+                raise DataError(f"{p}: folder holds no images (jpg, png, webp, heic, avif, …: other files are left out)")
+            out.extend(found)
+        elif p.exists():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return out

@@ -104,7 +104,7 @@ def read_images(split: Split, idx) -> tuple[np.ndarray, np.ndarray]:
     idx = np.asarray(idx, dtype=np.int64)
     if not is_streamed(split):
         return split.x[idx], split.y[idx]
-    x, ok, bad = decode_files([split.x.path(i) for i in idx], split.x.size, split.x.channels)
+    x, ok, bad = decode_files([split.x.path(i) for i in idx], split.x.size, split.x.channels, split.x.resize)
     for path, reason in bad:
         split.bad.add(path, reason, check=False)
     return x, split.y[idx[np.asarray(ok, dtype=np.int64)]]
@@ -114,13 +114,13 @@ class _DecodeBatches(torch.utils.data.Dataset):
     """dataset[index array] -> one decoded batch (runs in a worker process)."""
 
     def __init__(self, split: StreamSplit):
-        self.paths, self.size, self.channels, self.y = split.x.paths, split.x.size, split.x.channels, split.y
+        self.paths, self.size, self.channels, self.resize, self.y = split.x.paths, split.x.size, split.x.channels, split.x.resize, split.y
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, idx: np.ndarray):  # numpy, not a tensor view: pickled by value, not via the whole order's storage
-        x, ok, bad = decode_files([os.fsdecode(self.paths[i]) for i in idx], self.size, self.channels)
+        x, ok, bad = decode_files([os.fsdecode(self.paths[i]) for i in idx], self.size, self.channels, self.resize)
         kept = idx[np.asarray(ok, dtype=np.int64)]
         return torch.from_numpy(x), torch.from_numpy(self.y[kept]), torch.from_numpy(kept), bad
 

@@ -25,10 +25,12 @@ from urllib.parse import parse_qsl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from cnnlab.data import builtin, images, labels_table, public
+from cnnlab.data.images import walk_files  # noqa: F401  (also imported from here)
 from cnnlab.data.dataset import Dataset, Split
-from cnnlab.data.stream import BadFiles, scan_headers, should_stream, stream_split
+from cnnlab.data.stream import BadFiles, available_memory_bytes, scan_headers, should_stream, stream_split
 from cnnlab.errors import CnnlabError, ConfigError, DataError
 
 SPLIT_DIRS = ("train", "val", "test")
@@ -54,8 +56,13 @@ def load_dataset(
     file_col: str | None = None,
     label_col: str | None = None,
     label_delim: str | None = None,
+    resize: str | None = None,
 ) -> Dataset:
     """Load any supported dataset and make sure it has train (+ val when asked) splits.
+
+    resize: how images of another aspect ratio become image_size x image_size — squash, crop (centre) or pad
+    (letterbox); None: cnnlab.config.DEFAULT_RESIZE (cnnlab.data.images.fit_image). Photos are fitted as they are
+    decoded, arrays (.npz, seed CSV) of another shape when they are resized.
 
     labels: a labels table (CSV/TSV) naming the images of the folder `spec` and their labels; `spec` may also be
     the table itself (its paths relative to its folder). file_col / label_col choose its columns (default:
@@ -66,6 +73,7 @@ def load_dataset(
     streams when the decoded images would exceed cnnlab.data.stream.STREAM_MEMORY_FRACTION of available memory.
     """
     spec = str(spec)
+    resize = images.check_resize(resize)
     if isinstance(classes, str):
         classes = [c.strip() for c in classes.split(",") if c.strip()]
     if workers is not None and workers < 0:
@@ -91,7 +99,7 @@ def load_dataset(
             path = path.parent
         if labels is not None or _is_table_file(path):
             ds = _load_labels_table(path, labels, classes, image_size or DEFAULT_FOLDER_SIZE, channels or 3, max_bad_fraction,
-                                    stream, workers, **table_opts)
+                                    stream, workers, **table_opts, resize=resize)
         elif path.is_file() and path.suffix.lower() == ".npz":
             _no_stream(spec, "an .npz file", stream)
             ds = _load_npz(path, classes)
@@ -99,14 +107,14 @@ def load_dataset(
             _no_stream(spec, "a seed CSV folder", stream)
             ds = _load_seed_csv(path, image_shape, classes)
         elif path.is_dir():
-            ds = _load_image_folder(path, image_size or DEFAULT_FOLDER_SIZE, channels or 3, max_bad_fraction, stream, workers)
+            ds = _load_image_folder(path, image_size or DEFAULT_FOLDER_SIZE, channels or 3, max_bad_fraction, stream, workers, resize)
         else:
             raise DataError(
                 f"{spec}: not a dataset — expected a folder of class subfolders, a folder with input.csv + labels.csv, or an .npz file"
             )
         ds.spec = spec
     if image_size is not None and ds.image_shape[:2] != (image_size, image_size):
-        ds.splits = {k: Split(resize_images(v.x, image_size), v.y, v.paths) for k, v in ds.splits.items()}
+        ds.splits = {k: Split(resize_images(v.x, image_size, resize), v.y, v.paths) for k, v in ds.splits.items()}
     if channels is not None and ds.image_shape[2] != channels:
         ds.splits = {k: Split(convert_channels(v.x, channels), v.y, v.paths) for k, v in ds.splits.items()}
     if "val" not in ds.splits and val_split > 0:
@@ -115,7 +123,7 @@ def load_dataset(
         "image_size": image_size, "image_shape": list(image_shape) if image_shape is not None else None,
         "channels": channels, "classes": list(classes) if classes is not None else None,
         "val_split": val_split, "seed": seed, "max_bad_fraction": max_bad_fraction, "stream": stream, "workers": workers,
-        "labels": str(labels) if labels is not None else None, **table_opts,
+        "labels": str(labels) if labels is not None else None, **table_opts, "resize": resize,
     }
     return ds
 
@@ -135,9 +143,26 @@ def _no_stream(spec: str, what: str, stream: bool | None) -> None:
 # ---------------------------------------------------------------- array helpers
 
 
-def resize_images(x: np.ndarray, size: int) -> np.ndarray:
-    """Resize a uint8 (N, H, W, C) array to (N, size, size, C), antialiased, in chunks."""
+def check_fits_in_memory(n: int, shape: tuple[int, int, int]) -> None:
+    """Refuse, before allocating, n decoded images of `shape` that this machine's available memory cannot hold."""
+    need, have = n * shape[0] * shape[1] * shape[2], available_memory_bytes()
+    if have is not None and need > have:
+        raise DataError(f"{n} images of {shape[0]}x{shape[1]}x{shape[2]} need {need / 2**30:.1f} GiB in memory but {have / 2**30:.1f} GiB"
+                        " is available — choose a smaller --image-size")
+
+
+def resize_images(x: np.ndarray, size: int, resize: str | None = None) -> np.ndarray:
+    """Resize a uint8 (N, H, W, C) array to (N, size, size, C), antialiased, in chunks.
+
+    Non-square images with resize crop or pad are fitted one by one as photos are (images.fit_image); squares, and
+    squash, are resized as one batch (bilinear, antialiased)."""
+    check_fits_in_memory(len(x), (size, size, x.shape[3]))
     out = np.empty((len(x), size, size, x.shape[3]), dtype=np.uint8)
+    if images.check_resize(resize) != "squash" and x.shape[1] != x.shape[2]:
+        for i in range(len(x)):
+            im = Image.fromarray(np.ascontiguousarray(x[i, :, :, 0] if x.shape[3] == 1 else x[i]), "L" if x.shape[3] == 1 else "RGB")
+            out[i] = np.asarray(images.fit_image(im, (size, size), resize), dtype=np.uint8).reshape(size, size, x.shape[3])
+        return out
     for i in range(0, len(x), 256):
         t = torch.from_numpy(np.ascontiguousarray(x[i : i + 256])).permute(0, 3, 1, 2).float()
         r = F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
@@ -197,6 +222,10 @@ def _labels_to_ids(labels: np.ndarray, class_names: list[str] | None, where: str
 def _check_classes(ds: Dataset) -> Dataset:
     if ds.num_classes < 2:
         raise DataError(f"{ds.spec}: found {ds.num_classes} class — a classifier needs at least 2 classes")
+    present = np.unique(np.asarray(ds.splits["train"].y)) if len(ds.splits["train"]) else np.array([], dtype=np.int64)
+    if len(present) == 1:  # e.g. a seed CSV whose labels are all 0: the second class would be invented, never seen
+        raise DataError(f"{ds.spec}: every training image has the label {ds.class_names[int(present[0])]!r} — a classifier needs"
+                        " images of at least 2 classes; check the labels file")
     if len(ds.splits["train"]) == 0:
         raise DataError(f"{ds.spec}: the train split holds no images")
     return ds
@@ -352,18 +381,6 @@ def class_from_file_name(name: str) -> str | None:
     return label if label != stem and re.search(r"[^\W\d_]", label) else None  # a class name has a letter
 
 
-def walk_files(folder: Path) -> list[Path]:
-    """Every non-directory entry below `folder`, sorted, without entering hidden folders (.thumbnails,
-    .ipynb_checkpoints) or following folder symlinks (no loops); a linked folder is listed itself."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=None):
-        d = Path(dirpath)
-        dirnames[:] = [n for n in dirnames if not n.startswith(".")]
-        out.extend(d / n for n in filenames)
-        out.extend(d / n for n in dirnames if (d / n).is_symlink())  # a linked folder: reported, not entered
-    return sorted(out)
-
-
 def _scan_class_folders(root: Path, ignored: list[str] | None = None) -> tuple[dict[str, list[Path]], bool]:
     """({class: its image files}, whether the classes came from file names).
 
@@ -428,8 +445,10 @@ def no_classes_error(folder: Path, message: str) -> DataError:
     return DataError(f"{folder}: no class subfolders, but {table} names its images — pass that table with --labels {table}")
 
 
-def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: float, stream: bool | None = False,
-                       workers: int | None = None) -> Dataset:
+def scan_image_folder(root: Path) -> tuple[dict[str, Path], list[Path], dict[str, dict[str, list[Path]]], bool, list[str], list[str]]:
+    """The layout of an image-folder dataset and the rules training holds it to — the one place they live, so
+    `cnnlab data check` says what `cnnlab train` would: (split folders, what lies beside them, {split: {class:
+    files}}, classes from file names?, class names, files left out as not images). Raises the DataError a user sees."""
     split_roots, beside = find_split_folders(root)
     if not split_roots:
         split_roots = {"train": root}
@@ -450,6 +469,20 @@ def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: f
     if by_name and len(class_names) < 2:
         raise no_classes_error(train_root, f"{train_root}: no class subfolders, and the file names give one class ({class_names[0]!r})"
                                 " — put images in one folder per class, e.g. cats/ and dogs/, or name them cat.0.jpg, dog.0.jpg")
+    for split, found in scanned.items():
+        for name, files in found.items():
+            if not files:
+                where = split_roots[split] / name
+                raise DataError(f"{where}: class folder has no images (jpg, png, webp, heic, avif, …) — add images or remove the folder; `cnnlab data check` lists what it ignored")
+            if name not in class_names:
+                raise DataError(f"{split_roots[split] / name}: class {name!r} is not in {train_root.name}/ — classes: {', '.join(class_names)}")
+    return split_roots, beside, scanned, by_name, class_names, ignored
+
+
+def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: float, stream: bool | None = False,
+                       workers: int | None = None, resize: str | None = None) -> Dataset:
+    split_roots, beside, scanned, by_name, class_names, ignored = scan_image_folder(root)
+    train_root = split_roots["train"]
     notes = []
     if by_name:
         counts = ", ".join(f"{name} {len(files)}" for name, files in scanned["train"].items())
@@ -465,25 +498,19 @@ def _load_image_folder(root: Path, size: int, channels: int, max_bad_fraction: f
         exts = Counter(Path(p).suffix.lower() or "(no extension)" for p in ignored)
         kinds = ", ".join(f"{n} {e}" for e, n in exts.most_common(4)) + (", …" if len(exts) > 4 else "")
         notes.append(f"left out {len(ignored)} file(s) that are not images ({kinds}) — `cnnlab data check {root} --show-ignored` lists them")
-    for split, found in scanned.items():
-        for name, files in found.items():
-            if not files:
-                where = split_roots[split] / name
-                raise DataError(f"{where}: class folder has no images (jpg, png, webp, heic, avif, …) — add images or remove the folder; `cnnlab data check` lists what it ignored")
-            if name not in class_names:
-                raise DataError(f"{split_roots[split] / name}: class {name!r} is not in {train_root.name}/ — classes: {', '.join(class_names)}")
     groups = {}
     for split, found in scanned.items():
         paths = [p for name in class_names for p in found.get(name, [])]
         labels = np.array([i for i, name in enumerate(class_names) for _ in found.get(name, [])], dtype=np.int64)
         groups[split] = (paths, labels)
-    splits, bad = decode_splits(groups, size, channels, max_bad_fraction, stream, workers)
+    splits, bad = decode_splits(groups, size, channels, max_bad_fraction, stream, workers, resize)
     return _check_classes(Dataset(str(root), class_names, splits, bad, source_format="image-folder", ignored_files=ignored, notes=notes))
 
 
 def decode_splits(groups: dict[str, tuple[list[Path], np.ndarray]], size: int, channels: int, max_bad_fraction: float,
-                  stream: bool | None, workers: int | None) -> tuple[dict[str, Split], list[tuple[str, str]]]:
-    """({split: Split}, bad files) from {split: (image paths, int64 labels)}: decoded into memory at size x size, or kept as
+                  stream: bool | None, workers: int | None, resize: str | None = None) -> tuple[dict[str, Split], list[tuple[str, str]]]:
+    """({split: Split}, bad files) from {split: (image paths, int64 labels)}: decoded into memory at size x size (fitted as
+    `resize` says: images.fit_image), or kept as
     paths to decode batch by batch (stream: True, or None and too big for memory). Unreadable files are left out and
     listed; more than max_bad_fraction of them is a DataError."""
     splits, bad = {}, []
@@ -494,9 +521,10 @@ def decode_splits(groups: dict[str, tuple[list[Path], np.ndarray]], size: int, c
         if streamed:  # headers only now; pixels are decoded batch by batch while training
             ok, bad_here = scan_headers(paths)
             bad.extend(bad_here)
-            splits[split] = stream_split([paths[i] for i in ok], labels[np.asarray(ok, dtype=np.int64)], (size, size), channels, bad_log, workers)
+            splits[split] = stream_split([paths[i] for i in ok], labels[np.asarray(ok, dtype=np.int64)], (size, size), channels, bad_log, workers,
+                                         resize)
             continue
-        x, ok, bad_here = images.load_images(paths, (size, size), channels=channels)
+        x, ok, bad_here = images.load_images(paths, (size, size), channels=channels, resize=resize)
         bad.extend(bad_here)
         ok = np.asarray(ok, dtype=np.int64)
         splits[split] = Split(x, labels[ok], [str(paths[i]) for i in ok])
@@ -511,7 +539,7 @@ def decode_splits(groups: dict[str, tuple[list[Path], np.ndarray]], size: int, c
 
 def _load_labels_table(spec_path: Path, labels: str | os.PathLike | None, classes: list[str] | None, size: int, channels: int,
                        max_bad_fraction: float, stream: bool | None, workers: int | None, *, file_col: str | None,
-                       label_col: str | None, label_delim: str | None) -> Dataset:
+                       label_col: str | None, label_delim: str | None, resize: str | None = None) -> Dataset:
     """Images named by a labels table: `spec_path` is the image folder (with `labels`) or the table (paths relative to it)."""
     if labels is None:
         root, table_path = spec_path.parent, spec_path
@@ -548,7 +576,7 @@ def _load_labels_table(spec_path: Path, labels: str | os.PathLike | None, classe
                         " — mark the training rows")
     order = [s for s in ("train", "val", "test") if s in groups]
     splits, bad = decode_splits({s: (groups[s][0], np.array(groups[s][1], dtype=np.int64)) for s in order}, size, channels,
-                                max_bad_fraction, stream, workers)
+                                max_bad_fraction, stream, workers, resize)
     notes = _table_notes(table, root, match, split_of)
     missing = [(str(where), f"named on line {r.line} of {table.name}, file not found") for r, where in match.missing]
     ds = Dataset(str(root), class_names, splits, bad, source_format="labels-table", notes=notes, missing_files=missing,

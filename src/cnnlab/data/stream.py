@@ -2,7 +2,7 @@
 
 A `StreamSplit` is a `Split` whose `x` is `LazyImages`: it has the shape and dtype of the in-memory
 uint8 (N, H, W, C) array, and `x[i]`, `x[a:b]`, `x[idx]` decode just those files with the same safe
-decoder, size and channel conversion as the in-memory loader (`images.load_image`), so the pixels are
+decoder, size, aspect-ratio fitting (`resize`) and channel conversion as the in-memory loader (`images.load_image`), so the pixels are
 identical. Bulk reads (training, evaluation) go through `cnnlab.data.loader`, which decodes batches in
 worker processes.
 
@@ -111,10 +111,11 @@ class LazyImages:
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __init__(self, paths: np.ndarray, size: tuple[int, int], channels: int):
+    def __init__(self, paths: np.ndarray, size: tuple[int, int], channels: int, resize: str | None = None):
         self.paths = paths  # bytes (numpy "S"): no per-path Python objects for worker processes to copy on touch
         self.size = size
         self.channels = channels
+        self.resize = images.check_resize(resize)  # squash | crop | pad (images.fit_image)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -131,9 +132,9 @@ class LazyImages:
             i = int(key) + (len(self) if key < 0 else 0)
             if not 0 <= i < len(self):
                 raise IndexError(f"image index {key} out of range for {len(self)} images")
-            return images.load_image(self.path(i), self.size, channels=self.channels)
+            return images.load_image(self.path(i), self.size, channels=self.channels, resize=self.resize)
         idx = np.arange(len(self))[key]  # slices, integer arrays, boolean masks: numpy's own rules
-        x, _, bad = decode_files([self.path(i) for i in idx], self.size, self.channels)
+        x, _, bad = decode_files([self.path(i) for i in idx], self.size, self.channels, self.resize)
         if bad:
             raise images.ImageReadError(*bad[0])
         return x
@@ -152,9 +153,10 @@ class LazyImages:
         return f"LazyImages(shape={self.shape}, dtype=uint8)"
 
 
-def decode_files(paths: list[str], size: tuple[int, int], channels: int) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+def decode_files(paths: list[str], size: tuple[int, int], channels: int,
+                 resize: str | None = None) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """(uint8 array of the files that decode, their positions in `paths`, [(path, reason)] of the rest), in this process."""
-    return images.load_images(paths, size, channels=channels, workers=1)
+    return images.load_images(paths, size, channels=channels, workers=1, resize=resize)
 
 
 class PathList:
@@ -190,11 +192,11 @@ class StreamSplit(Split):
 
     def resized(self, size: int) -> "StreamSplit":
         """The same files decoded at size x size (what loading the folder with image_size=size gives)."""
-        return StreamSplit(LazyImages(self.x.paths, (size, size), self.x.channels), self.y, self.bad, self.workers)
+        return StreamSplit(LazyImages(self.x.paths, (size, size), self.x.channels, self.x.resize), self.y, self.bad, self.workers)
 
     def subset(self, idx: np.ndarray) -> "StreamSplit":
         idx = np.asarray(idx)
-        return StreamSplit(LazyImages(self.x.paths[idx], self.x.size, self.x.channels), self.y[idx], self.bad, self.workers)
+        return StreamSplit(LazyImages(self.x.paths[idx], self.x.size, self.x.channels, self.x.resize), self.y[idx], self.bad, self.workers)
 
     def __repr__(self) -> str:
         return f"StreamSplit({len(self)} images {self.x.shape[1]}x{self.x.shape[2]}x{self.x.shape[3]}, streamed from disk)"
@@ -240,6 +242,6 @@ def _read_ahead(path: Path) -> None:
 
 
 def stream_split(paths: list[Path], labels: np.ndarray, size: tuple[int, int], channels: int, bad: BadFiles,
-                 workers: int | None) -> StreamSplit:
+                 workers: int | None, resize: str | None = None) -> StreamSplit:
     encoded = np.array([os.fsencode(str(p)) for p in paths], dtype=np.bytes_) if paths else np.array([], dtype="S1")
-    return StreamSplit(LazyImages(encoded, size, channels), np.asarray(labels, dtype=np.int64), bad, workers)
+    return StreamSplit(LazyImages(encoded, size, channels, resize), np.asarray(labels, dtype=np.int64), bad, workers)

@@ -1,8 +1,10 @@
 """Model files: safetensors weights + JSON metadata. No pickle anywhere.
 
 The metadata holds everything needed to rebuild and use the model: registry name and arguments,
-class names, input shape (C, H, W), normalisation and resize policy. Loading checks it before
-building anything, so a foreign or damaged file gives a clear error instead of a traceback.
+class names, input shape (C, H, W), normalisation and resize policy (`resize`: how a photo of another aspect
+ratio became the input size in training — squash, crop or pad, cnnlab.data.images.fit_image — so predict, serve,
+evaluate and the exported model's description do the same; files written before it was recorded mean squash).
+Loading checks it before building anything, so a foreign or damaged file gives a clear error instead of a traceback.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cnnlab._version import __version__
+from cnnlab.config import RESIZES
 from cnnlab.engine.run_dir import RunFolder
 from cnnlab.errors import CnnlabError, ModelError
 from cnnlab.io import as_os_error, atomic_path
@@ -26,10 +29,12 @@ FORMAT_VERSION = 1
 REQUIRED = ("model", "model_args", "class_names", "input_shape", "normalization")
 
 
-def model_metadata(model: nn.Module, class_names: list[str], input_shape: tuple[int, int, int], **extra: Any) -> dict:
+def model_metadata(model: nn.Module, class_names: list[str], input_shape: tuple[int, int, int], resize: str | None = None,
+                   **extra: Any) -> dict:
     """input_shape is (C, H, W). The normalisation is the model's own when it has one (pretrained weights expect the
     statistics they were trained with: models/pretrained.py), else 0-1 scaling; `pretrained` says where its
-    starting weights came from."""
+    starting weights came from. `resize` (squash | crop | pad) is how the training images were fitted; None: the
+    training config's (`config` is added when training ends), written into the file by save_model_file."""
     pretrained = getattr(model, "cnnlab_pretrained", None)
     norm = getattr(model, "cnnlab_normalization", None) or default_normalization(input_shape[0])
     return {
@@ -41,7 +46,7 @@ def model_metadata(model: nn.Module, class_names: list[str], input_shape: tuple[
         "class_names": list(class_names),
         "input_shape": list(input_shape),
         "normalization": dict(norm),
-        "resize": "squash",
+        **({"resize": resize} if resize is not None else {}),
         **({"pretrained": {k: v for k, v in pretrained.items() if k != "file"}} if pretrained else {}),
         **extra,
     }
@@ -52,7 +57,22 @@ def default_normalization(channels: int) -> dict:
     return {"scale": 1 / 255, "mean": [0.0] * channels, "std": [1.0] * channels}
 
 
+def resize_mode(meta: dict) -> str:
+    """How images are fitted to this model's input size: the metadata's `resize`, else its training config's, else
+    squash (model files from before --resize, which squashed every image)."""
+    mode = _recorded_resize(meta) or "squash"
+    if mode not in RESIZES:
+        raise ModelError(f"model metadata: resize {mode!r} is not one of {', '.join(RESIZES)} — the file is damaged or from an incompatible tool")
+    return mode
+
+
+def _recorded_resize(meta: dict) -> Any:
+    config = meta.get("config")
+    return meta.get("resize") or (config.get("resize") if isinstance(config, dict) else None)
+
+
 def save_model_file(path: str | Path, model: nn.Module, meta: dict) -> None:
+    meta = {**meta, "resize": resize_mode(meta)}  # always written out, so readers need not look into the config
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         try:
@@ -120,6 +140,9 @@ def _metadata_problem(meta: dict) -> str | None:
     ok = ok and all(isinstance(norm.get(k), list) and len(norm[k]) == shape[0] and all(_is_number(v) for v in norm[k]) for k in ("mean", "std"))
     if not ok or any(v == 0 for v in norm["std"]):
         return f"normalization is not {{scale, mean[{shape[0]}], std[{shape[0]}] (non-zero)}}"
+    resize = _recorded_resize(meta)
+    if resize is not None and resize not in RESIZES:
+        return f"resize {resize!r} is not one of {', '.join(RESIZES)}"
     return None
 
 

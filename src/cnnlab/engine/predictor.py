@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnlab.data import images
+from cnnlab.data import images, prediction
 from cnnlab.data.dataset import Dataset
-from cnnlab.data.sources import load_dataset, walk_files
+from cnnlab.data.images import expand_image_paths  # noqa: F401  (re-exported: engine.predictor.expand_image_paths)
+from cnnlab.data.sources import load_dataset
 from cnnlab.engine.device import resolve_device
 from cnnlab.engine.inference import predict_logits, probabilities
-from cnnlab.engine.model_file import load_model_file
+from cnnlab.engine.model_file import load_model_file, resize_mode
 from cnnlab.errors import DataError
 
 
@@ -38,39 +39,28 @@ class Classifier:
         c, h, w = self.meta["input_shape"]
         return c, h, w
 
+    @property
+    def resize(self) -> str:
+        """How a photo of another aspect ratio is fitted to the input size: as in training (squash, crop or pad;
+        model files from before --resize: squash). data/images.fit_image does it."""
+        return resize_mode(self.meta)
+
     def predict_proba(self, x: np.ndarray, batch_size: int | None = None, tta: bool = False) -> np.ndarray:
         """Class probabilities (N, K) for uint8 images (N, H, W, C) of the model's input shape (tta: averaged over mirror images and inference.tta_scales)."""
         logits = predict_logits(self.model, x, self.meta["normalization"], self.device, "fp32", batch_size, tta=tta)
         return probabilities(logits).numpy()
 
     def load_image(self, path: str | Path) -> np.ndarray:
+        """One image file decoded as the training images were: the input size and channels, fitted as `resize` says."""
         c, h, w = self.input_shape
-        return images.load_image(path, (h, w), channels=c)
+        return images.load_image(path, (h, w), channels=c, resize=self.resize)
 
     def describe(self, probs: np.ndarray, top_k: int = 5) -> dict:
-        order = np.argsort(-probs, kind="stable")[: max(1, min(top_k, len(probs)))]
-        names = self.class_names
-        return {
-            "class": names[order[0]],
-            "probability": float(probs[order[0]]),
-            "top_k": [{"class": names[i], "probability": float(probs[i])} for i in order],
-        }
+        return prediction.describe(probs, self.class_names, top_k)
 
     def predict_files(self, paths: list[str | Path], top_k: int = 5, tta: bool = False) -> list[dict]:
         """One result per path: the prediction, or {"path", "error"} for a file that cannot be read."""
-        results: list[dict | None] = [None] * len(paths)
-        ok_idx, arrays = [], []
-        for i, p in enumerate(paths):
-            try:
-                arrays.append(self.load_image(p))
-                ok_idx.append(i)
-            except DataError as e:
-                results[i] = {"path": str(p), "error": str(e)}
-        if arrays:
-            probs = self.predict_proba(np.stack(arrays), tta=tta)
-            for i, pr in zip(ok_idx, probs):
-                results[i] = {"path": str(paths[i]), **self.describe(pr, top_k)}
-        return results  # type: ignore[return-value]
+        return prediction.predict_files(paths, self.load_image, lambda x: self.predict_proba(x, tta=tta), self.class_names, top_k)
 
 
 def load_classifier(run_or_model, device: str = "cpu") -> Classifier:
@@ -88,8 +78,9 @@ def load_classifier(run_or_model, device: str = "cpu") -> Classifier:
 
 
 def dataset_for_model(clf: Classifier, data: Dataset | str, **overrides: Any) -> Dataset:
-    """Load `data` the way the model saw its training data (size, channels, classes, split seed), and check that it
-    fits the model. `overrides` are load_dataset options that win over the ones taken from the model (e.g. CLI flags).
+    """Load `data` the way the model saw its training data (size, aspect-ratio fitting, channels, classes, split seed), and
+    check that it fits the model. `overrides` are load_dataset options that win over the ones taken from the model (e.g.
+    CLI flags).
     """
     c, h, w = clf.input_shape
     if isinstance(data, Dataset):
@@ -97,7 +88,7 @@ def dataset_for_model(clf: Classifier, data: Dataset | str, **overrides: Any) ->
     else:
         cfg = dict(clf.meta.get("config") or {})
         opts = {k: cfg[k] for k in ("image_shape", "val_split", "seed", "max_bad_fraction") if cfg.get(k) is not None}
-        opts.update(classes=cfg.get("classes"), image_size=h if h == w else None, channels=c)
+        opts.update(classes=cfg.get("classes"), image_size=h if h == w else None, channels=c, resize=clf.resize)
         if overrides.get("labels") is not None or str(data).lower().endswith((".csv", ".tsv")):  # a labels table:
             opts.update({k: cfg[k] for k in ("file_col", "label_col", "label_delim") if cfg.get(k) is not None})  # read as trained
         ds = load_dataset(data, **{**opts, **overrides})
@@ -106,20 +97,3 @@ def dataset_for_model(clf: Classifier, data: Dataset | str, **overrides: Any) ->
     if list(ds.class_names) != clf.class_names:
         raise DataError(f"{ds.spec}: classes {ds.class_names} differ from the model's {clf.class_names} — evaluate on data with the same classes")
     return ds
-
-
-def expand_image_paths(inputs: list[str | Path]) -> list[Path]:
-    """Files as given; folders expanded to their image files (recursive, sorted, hidden folders skipped)."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = [f for f in walk_files(p) if f.is_file() and images.is_image_file(f)]
-            if not found:
-                raise DataError(f"{p}: folder holds no images (jpg, png, webp, heic, avif, …: other files are left out)")
-            out.extend(found)
-        elif p.exists():
-            out.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder")
-    return out

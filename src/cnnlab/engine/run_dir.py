@@ -6,6 +6,7 @@
     model.safetensors  the trained model; best.safetensors: the best val-accuracy epoch's weights
     last.ckpt          full state for `cnnlab train --resume RUN`
     curves.png, samples.png, predictions.png, report.html, bad_files.txt
+    tensorboard/, mlflow.json  experiment tracking (cnnlab/track), when on
 
 `run.json` carries `status`: running -> completed | interrupted | failed | stopped. model.safetensors appears only
 when training completed, so an unfinished run never looks finished.
@@ -17,8 +18,13 @@ compare and the model loaders read through it — config() as the typed TrainCon
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import os
+import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +38,68 @@ REPORT, BAD_FILES = "report.html", "bad_files.txt"
 PLOTS = ("curves.png", "samples.png", "predictions.png")
 RUN_MARKERS = (RUN_JSON, CONFIG, LAST_CKPT, MODEL)  # any of these: the folder already holds a run
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+
+
+LOCK = ".lock"
+_held: dict[Path, int] = {}  # run folder -> the open lock file descriptor this process holds
+
+
+def _claim(path: Path) -> str | None:
+    key = path.resolve()
+    if key in _held:
+        return None  # this process already owns it (e.g. the CLI claimed it before training)
+    try:
+        fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CnnlabError(f"{path}: cannot write the run folder ({e.strerror}) — choose a writable --out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = _lock_text(fd)
+        os.close(fd)
+        raise CnnlabError(f"{path}: in use by another cnnlab process ({holder or 'pid unknown'}) — wait for it to end, or choose another"
+                          " --out") from None
+    left = _lock_text(fd)  # written by an owner that ended without releasing: killed
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode(), 0)
+    _held[key] = fd
+    return f"{path}: took over the lock of {left}, which ended without releasing it (killed?)" if left else None
+
+
+def _lock_text(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return ""
+    return f"process {info['pid']} on {info.get('host', '?')}, started {info.get('started', '?')}" if info.get("pid") else ""
+
+
+def release(path: str | Path) -> None:
+    """Give up this process's claim on a run folder (its lock file stays, empty: no owner)."""
+    fd = _held.pop(Path(path).resolve(), None)
+    if fd is not None:
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
+
+
+def _new_numbered_dir(base: str | Path = "runs", name: str = "train") -> Path:
+    """Create and return the first free runs/train, runs/train2, ...: made with mkdir, which fails if another
+    process made it first, so two runs started at once get two folders."""
+    base = Path(base)
+    for i in range(1, 100000):
+        p = base / (name if i == 1 else f"{name}{i}")
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            p.mkdir()
+            return p
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise CnnlabError(f"{p}: cannot make the run folder ({e.strerror}) — choose a writable --out") from None
+    raise CnnlabError(f"{base}: too many runs named {name}")
 
 
 def next_run_dir(base: str | Path = "runs", name: str = "train") -> Path:
@@ -59,19 +127,11 @@ class RunFolder:
 
     @classmethod
     def create(cls, out: str | Path | None = None, overwrite: bool = False) -> "RunFolder":
-        """Make a new run folder (`out`, or the next free runs/trainN); refuse to mix two runs in one folder unless
-        overwrite, which first removes the earlier run's files."""
-        path = Path(out) if out is not None else next_run_dir()
+        """Make a new run folder (`out`, or the next free runs/trainN) and claim it for this process (`claim`);
+        refuse to mix two runs in one folder unless overwrite, which first removes the earlier run's files."""
+        path = Path(out) if out is not None else _new_numbered_dir()
         if path.exists() and not path.is_dir():
             raise CnnlabError(f"{path}: exists and is a file — choose another --out")
-        if path.is_dir() and any((path / m).exists() for m in RUN_MARKERS):
-            if not overwrite:
-                raise CnnlabError(f"{path}: already holds a run — pass --overwrite to replace it, or choose another --out")
-            for m in RUN_MARKERS + (METRICS, BEST_MODEL, REPORT, BAD_FILES) + PLOTS:
-                try:
-                    (path / m).unlink()
-                except FileNotFoundError:
-                    pass
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / ".cnnlab-write-test"
@@ -79,7 +139,26 @@ class RunFolder:
             probe.unlink()
         except OSError as e:
             raise CnnlabError(f"{path}: cannot write the run folder ({e.strerror}) — choose a writable --out") from None
-        return cls(path)
+        folder = cls(path)
+        folder.claim()  # before looking inside: two runs started into one folder at once cannot both pass the check
+        if any((path / m).exists() for m in RUN_MARKERS):
+            if not overwrite:
+                release(path)
+                raise CnnlabError(f"{path}: already holds a run — pass --overwrite to replace it, or choose another --out")
+            for m in RUN_MARKERS + (METRICS, BEST_MODEL, REPORT, BAD_FILES, "mlflow.json") + PLOTS:
+                try:
+                    (path / m).unlink()
+                except FileNotFoundError:
+                    pass
+            shutil.rmtree(path / "tensorboard", ignore_errors=True)  # the earlier run's event files
+        return folder
+
+    def claim(self) -> str | None:
+        """Make this process the folder's only writer until `release(path)` or the process ends: an exclusive
+        flock on RUN/.lock (the kernel drops it when the process dies, so a killed run never blocks its resume).
+        Another live process holding it is an error naming that process; a lock file a killed process left is taken
+        over, and the note saying so is returned (and printed by the trainer)."""
+        return _claim(self.path)
 
     @classmethod
     def open(cls, path: str | Path, need: tuple[str, ...] = ()) -> "RunFolder":

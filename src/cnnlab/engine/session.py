@@ -17,9 +17,11 @@ from cnnlab.config import DEFAULT_CHANNELS, DEFAULT_IMAGE_SIZE, DataOptions, Tra
 from cnnlab.data.dataset import Dataset, Split
 from cnnlab.data.sources import load_dataset as _load_dataset
 from cnnlab.engine.checkpoint import load_checkpoint
+from cnnlab.engine.distributed import is_main_process
 from cnnlab.engine.run_dir import RunFolder
 from cnnlab.engine.trainer import TrainResult, fit
 from cnnlab.errors import CnnlabError, ModelError
+from cnnlab.track import trackers_for
 
 # the dataset options a run records in its config and reloads its data with
 DATA_KEYS = (*(f.name for f in dataclasses.fields(DataOptions) if f.name != "data"), "seed")
@@ -105,20 +107,23 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
     cfg = config_for(model if model is not None else (config.model if config else "auto"),
                      data if data is not None else (config.data if config else ""), base=config, **overrides)
     if cfg.model == "auto":
-        cfg, ds = _auto_recipe(cfg, data if isinstance(data, Dataset) else None, quiet)
+        cfg, ds = auto_recipe(cfg, data if isinstance(data, Dataset) else None, quiet)
     else:
         if cfg.uses_pretrained and cfg.image_size is None and not isinstance(data, Dataset):
-            cfg = _pretrained_image_size(cfg)
+            cfg = pretrained_image_size(cfg)
         ds = data if isinstance(data, Dataset) else dataset_for_config(cfg)
     if not isinstance(model, nn.Module):
         model = model_for_config(cfg, ds, seed=cfg.seed)
     _check_model_fits(model, ds)
+    # TensorBoard / MLflow as the config says (cnnlab/track), first: a callback that raises StopTraining after them
+    # cannot keep the epoch it ends out of the logs
+    callbacks = [*trackers_for(cfg, ds), *(callbacks or [])]
     result = fit(model, ds, cfg, out, overwrite=overwrite, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
                  on_epoch_end=on_epoch_end, spent_seconds=spent_seconds, callbacks=callbacks)
     return result, ds
 
 
-def _pretrained_image_size(cfg: TrainConfig) -> TrainConfig:
+def pretrained_image_size(cfg: TrainConfig) -> TrainConfig:
     """Photos in a folder (any sizes) are loaded at the resolution the pretrained weights were trained at, not the
     from-scratch default of 100 px; fixed-size data keeps its size."""
     from cnnlab.models.pretrained import CATALOGUE, default_weights
@@ -137,10 +142,10 @@ def _photo_counts(cfg: TrainConfig):
 
 def auto_plan(cfg: TrainConfig):
     """The default recipe's choice (engine/auto.Plan) for cfg.model == 'auto', without training."""
-    return _auto_recipe(cfg, None, quiet=True, load=False)[0]
+    return auto_recipe(cfg, None, quiet=True, load=False)[0]
 
 
-def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool, load: bool = True):
+def auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool, load: bool = True):
     """model = 'auto': choose model, image size and augmentation (engine/auto.py), then load the data at that size."""
     from cnnlab.data.sources import resize_images
     from cnnlab.data.stream import StreamSplit
@@ -165,7 +170,7 @@ def _auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool, load: bool =
         plan = auto.plan(cfg, len(ds.train), (h, w), ds.num_classes, c, n_eval=n_eval)
         size = plan.cfg.image_size
         if size is not None and (h, w) != (size, size):
-            splits = {name: v.resized(size) if isinstance(v, StreamSplit) else Split(resize_images(v.x, size), v.y, v.paths)
+            splits = {name: v.resized(size) if isinstance(v, StreamSplit) else Split(resize_images(v.x, size, ds.load_options.get("resize")), v.y, v.paths)
                       for name, v in ds.splits.items()}  # a streamed folder decodes its files at the new size instead
             ds = dataclasses.replace(ds, splits=splits, load_options={**ds.load_options, "image_size": size})
         load_seconds = loaded_in + time.perf_counter() - t0
@@ -196,6 +201,14 @@ def _check_model_fits(model: nn.Module, ds: Dataset) -> None:
 def _resume(run_dir: str | Path, quiet: bool, on_epoch_end: Callable[[dict], None] | None = None,
             callbacks: list | None = None) -> tuple[TrainResult, Dataset]:
     run = RunFolder(run_dir)
+    from cnnlab.engine.kfold import fold_of  # (here: kfold imports this module)
+
+    if (fold := fold_of(run.path)) is not None:
+        raise CnnlabError(f"{run.path} is fold {fold[1]} of the cross-validation {fold[0]} — resume the whole cross-validation:"
+                          f" cnnlab train --resume {fold[0]}")
+    took_over = run.claim() if run.path.is_dir() and is_main_process() else None  # not while another process writes it
+    if took_over and not quiet:
+        print(took_over)
     if run.status == "completed":
         raise CnnlabError(f"{run.path}: this run already completed — start a new run instead of --resume")
     state = load_checkpoint(run.path)  # its last.ckpt; the folder named in the error when there is none
@@ -203,6 +216,7 @@ def _resume(run_dir: str | Path, quiet: bool, on_epoch_end: Callable[[dict], Non
     cfg = config_from_dict(state["config"], source=str(run.last_ckpt)).validate()
     ds = dataset_for_config(cfg)
     model = model_for_config(cfg, ds)
+    callbacks = [*trackers_for(cfg, ds), *(callbacks or [])]
     result = fit(model, ds, cfg, resume_state=state, resume_dir=run.path, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
                  on_epoch_end=on_epoch_end, callbacks=callbacks)
     return result, ds

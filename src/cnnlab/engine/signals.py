@@ -46,10 +46,11 @@ class StopRequests:
 
     def __init__(self) -> None:
         self.names: list[str] = []
+        self.saving = False  # set while the state is being saved on the way out: more signals must not cut that short
 
     def __call__(self, signum: int, frame: object) -> None:
         self.names.append(signal.Signals(signum).name)
-        if len(self.names) > 1:
+        if len(self.names) > 1 and not self.saving:
             raise Interrupted(self.names[0])
 
     def __bool__(self) -> bool:

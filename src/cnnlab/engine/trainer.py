@@ -13,7 +13,6 @@ engine/signals.py, the progress display in engine/progress.py, a pretrained mode
 from __future__ import annotations
 
 import math
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,24 +21,24 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from cnnlab._version import __version__
 from cnnlab.config import TrainConfig
 from cnnlab.data.augment import Augmenter, batch_generator, matched_test_scale, resolve_ops, soft_targets, training_size
 from cnnlab.data.dataset import Dataset
-from cnnlab.data.loader import BatchReader, is_streamed, read_images
+from cnnlab.data.loader import BatchReader, is_streamed
 from cnnlab.engine import distributed as ddp
 from cnnlab.engine import finetune
 from cnnlab.engine import run_dir as rd
 from cnnlab.engine.budget import TimeBudget
 from cnnlab.engine.callbacks import Callback, CallbackList, RunView
 from cnnlab.engine.checkpoint import CheckpointEvery, TrainState, capture_state, restore_state, save_checkpoint
-from cnnlab.engine.device import autocast, cpu_description, resolve_device, resolve_precision
+from cnnlab.engine.device import autocast, resolve_device, resolve_precision
 from cnnlab.engine.ema import ModelEMA
-from cnnlab.engine.inference import (evaluate_arrays, evaluate_on_split, loss_fn, predicted_class, probabilities, to_input,
-                                    tta_label, tta_scales)
-from cnnlab.engine.model_file import model_metadata, save_model_file
+from cnnlab.engine.inference import evaluate_arrays, evaluate_on_split, loss_fn, predicted_class, to_input, tta_scales
+from cnnlab.engine import run_outputs
+from cnnlab.engine.model_file import model_metadata
+from cnnlab.engine.optim import (balanced_sample_weights, build_optimizer, class_weights, is_pretrained, loss_weights,  # noqa: F401
+                                 param_groups, train_loss)
 from cnnlab.engine.progress import Progress
 from cnnlab.engine.schedule import LrSchedule
 from cnnlab.engine.signals import Interrupted, StopAtBoundary, StopRequests, handling
@@ -68,9 +67,62 @@ class TrainResult:
     def __repr__(self) -> str:
         return f"TrainResult(run_dir={str(self.run_dir)!r}, epochs={len(self.history)}, test={self.test})"
 
+    def plot_curves(self):
+        """Loss and accuracy (and the learning rate) per epoch, train vs validation, as a matplotlib Figure
+        (Jupyter shows it inline; `fig.savefig(path)` saves it). The same figure as RUN/curves.png."""
+        return plots.curves_figure(self.history)
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    def best_val(self) -> dict | None:
+        """{"accuracy", "epoch"} of the epoch with the best validation accuracy (None without validation)."""
+        rows = [r for r in self.history if isinstance(r.get("val_accuracy"), (int, float)) and math.isfinite(r["val_accuracy"])]
+        best = max(rows, key=lambda r: r["val_accuracy"], default=None)  # the first of equal ones, as training keeps
+        return None if best is None else {"accuracy": best["val_accuracy"], "epoch": best["epoch"]}
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view of a run: model, data, epochs, final and best val accuracy, test accuracy, the run folder
+        and links to its report.html."""
+        import html
+        import os
+
+        def pct(v) -> str:
+            return "-" if not isinstance(v, (int, float)) or not math.isfinite(v) else f"{v:.1%}"
+
+        def link(path: Path, text: str) -> str:  # relative when under the notebook's folder: Jupyter serves it
+            p = Path(path).resolve()
+            try:
+                href = Path(os.path.relpath(p, Path.cwd())).as_posix()
+                href = href if not href.startswith("..") else p.as_uri()
+            except ValueError:  # another drive (Windows)
+                href = p.as_uri()
+            return f'<a href="{html.escape(href)}" target="_blank">{html.escape(text)}</a>'
+
+        cfg = self.meta.get("config") or {}
+        final = self.history[-1] if self.history else {}
+        best = self.best_val()
+        test = self.test or {}
+        report = Path(self.run_dir) / rd.REPORT
+        rows = [
+            ("model", html.escape(str(cfg.get("model") or self.meta.get("model", "?")))),
+            ("data", html.escape(f"{cfg.get('data', '?')} ({len(self.meta.get('class_names', []))} classes: "
+                                 f"{', '.join(map(str, self.meta.get('class_names', [])))})")),
+            ("epochs", str(len(self.history))),
+            ("final val accuracy", pct(final.get("val_accuracy"))),
+            ("best val accuracy", "-" if best is None else f"{pct(best['accuracy'])} (epoch {best['epoch']})"),
+            ("test accuracy", "-" if not test else f"{pct(test.get('accuracy'))} on {test.get('n')} images"
+                                                  + (" (TTA)" if test.get("tta") else "")),
+            ("run folder", link(Path(self.run_dir), str(Path(self.run_dir).resolve()))),
+            ("report", link(report, rd.REPORT) if report.exists() else "not written (rebuild it with <code>cnnlab report RUN</code>)"),
+        ]
+        body = "".join(f'<tr><th style="text-align:left">{k}</th><td style="text-align:left">{v}</td></tr>' for k, v in rows)
+        return f"<table><caption style='text-align:left'><b>cnnlab run {html.escape(Path(self.run_dir).name)}</b></caption>{body}</table>"
+
+
+def epoch_order(n: int, seed: int, epoch: int, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The epoch's order of the n training images, a function of (seed, epoch) only, so a resumed run sees the same.
+    sample_weights (--balance sampler): n draws with replacement, image i with probability ∝ sample_weights[i]."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if sample_weights is not None:
+        return torch.multinomial(sample_weights, n, replacement=True, generator=g)
     return torch.randperm(n, generator=g)
 
 
@@ -79,53 +131,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     np.random.seed(seed % 2**32)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv/linear weights only: decaying norm scales and biases just hurts."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """adam | adamw | sgd (Nesterov momentum); 'auto' values are resolved for the model first. A pretrained model
-    gets discriminative groups: its backbone learns at cfg.backbone_lr times the head's LR (group "lr_scale")."""
-    cfg = cfg.resolved()
-    if cfg.optimizer == "adam" and cfg.weight_decay == 0 and not is_pretrained(model):
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr)  # the seed's optimizer, exactly
-    if is_pretrained(model):
-        groups = finetune.discriminative_groups(model, cfg.weight_decay, cfg.backbone_lr)
-    else:
-        groups = param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-    return torch.optim.Adam(groups, lr=cfg.lr)
-
-
-def is_pretrained(model: nn.Module) -> bool:
-    """Started from pretrained weights (models/pretrained.load_pretrained), with a head to fine-tune."""
-    return getattr(model, "cnnlab_pretrained", None) is not None and hasattr(model, "head_name")
-
-
-def train_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy against soft targets (N, K): mixup/cutmix, label smoothing; the 1-logit head uses BCE on p(class 1)."""
-    logits = logits.float()
-    if logits.shape[1] == 1:
-        per = F.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 1], reduction="none")
-    else:
-        per = -(targets * F.log_softmax(logits, 1)).sum(1)
-    if weights is None:
-        return per.mean()
-    return (per * weights).sum() / weights.sum()
-
-
-def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Inverse class frequency, normalised so a balanced dataset gets weight 1 everywhere."""
-    counts = torch.bincount(y, minlength=num_classes).clamp(min=1).float()
-    return len(y) / (num_classes * counts)
 
 
 # ---------------------------------------------------------------------------- one step, one epoch
@@ -143,7 +148,8 @@ class StepContext:
     precision: str
     num_classes: int
     augmenter: Augmenter | None = None
-    weights: torch.Tensor | None = None  # per-class loss weights (--balance)
+    weights: torch.Tensor | None = None  # per-class loss weights (--balance loss, --class-weights)
+    sample_weights: torch.Tensor | None = None  # per-image draw weights of each epoch's order (--balance sampler)
     ema: ModelEMA | None = None
     dist: ddp.Context | None = None  # None: a single process
     net: nn.Module | None = None  # what runs the forward pass: the model, or its DDP wrapper in a distributed run
@@ -258,7 +264,7 @@ def train_one_epoch(ctx: StepContext, reader: BatchReader, state: TrainState, st
     cfg, t0 = ctx.cfg, time.perf_counter()
     stats = state.partial = state.partial or new_epoch_stats()
     n_images, bs, accum = len(reader.split), cfg.batch_size, cfg.accum_steps
-    batches = reader.batches(bs, epoch_order(n_images, cfg.seed, state.epoch), start=state.step)
+    batches = reader.batches(bs, epoch_order(n_images, cfg.seed, state.epoch, ctx.sample_weights), start=state.step)
     pending = False  # gradients added up since the last optimizer step
     try:
         for step in range(state.step, steps):
@@ -345,8 +351,12 @@ def fit(
     augmenter = _augmenter_for(model, cfg, dataset.image_shape)  # also sets the model's test scale
     run = Path(resume_dir) if resume_dir is not None else dist.on_main(lambda: rd.prepare_run_dir(out, overwrite))
     progress = Progress(quiet or not main)
+    if main:  # this process writes the folder until fit returns (a new run's folder is claimed already)
+        took_over = rd.RunFolder(run).claim()
+        if took_over:
+            progress.print(took_over)
     h, w, c = dataset.image_shape
-    meta = model_metadata(model, dataset.class_names, (c, h, w), dataset=dataset.spec)
+    meta = model_metadata(model, dataset.class_names, (c, h, w), dataset=dataset.spec, resize=dataset.load_options.get("resize"))
     norm = meta["normalization"]
     val = dataset.splits.get("val")
     has_val = val is not None and len(val) > 0
@@ -364,11 +374,13 @@ def fit(
     optimizer = build_optimizer(model, cfg)
     schedule = LrSchedule(cfg.schedule, max(1, cfg.epochs - n_frozen) * steps)
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
+    weights = loss_weights(cfg, y_train, dataset.class_names)
     ctx = StepContext(model, optimizer, cfg, norm, device, precision, k, augmenter, ema=ema, dist=dist, net=net, run=run,
-                      weights=class_weights(y_train, k).to(device) if cfg.balance else None)
+                      weights=None if weights is None else weights.to(device),
+                      sample_weights=balanced_sample_weights(y_train, k) if cfg.balance == "sampler" else None)
 
     # ---- a new run writes its config and samples; a resumed one picks up its weights, position and history
-    run_info = _run_info(cfg, dataset, device, precision, load_seconds, dist)
+    run_info = run_outputs.run_info(cfg, dataset, device, precision, load_seconds, dist)
     state = TrainState(planned_epochs=cfg.epochs, run_info=run_info)
     if resume_state is not None:
         state = restore_state(resume_state, model, optimizer, schedule, ema, dist, cfg.epochs, ctx.scaler)
@@ -379,7 +391,7 @@ def fit(
     else:
         seed_everything(cfg.seed + dist.rank, cfg.deterministic)  # per-rank streams (dropout); rank 0 = single process
         if main:
-            _write_run_start(run, cfg, dataset)
+            run_outputs.write_run_start(run, cfg, dataset)
     if main:
         rd.write_json(run / "run.json", run_info)
         for note in ([f"streaming {n:,} training images from disk, {reader.workers} decoding worker process(es)"] if reader.streamed else []) + dataset.notes:
@@ -434,7 +446,8 @@ def fit(
             hooks("on_train_start")
             # ---- pretrained: the head trains on the frozen backbone's features first
             if n_frozen and state.epoch <= n_frozen:
-                rows = _frozen_phase(model, dataset, norm, device, precision, n_frozen, ctx.weights, stops, progress)
+                head_weights = class_weights(y_train, k) if cfg.balance == "sampler" else weights  # (features: no sampling)
+                rows = _frozen_phase(model, dataset, norm, device, precision, n_frozen, head_weights, stops, progress)
                 dist.sync_parameters(model.get_submodule(model.head_name))  # every rank trained the same head; rank 0's is kept
                 for row in rows:
                     end_epoch(row, model)
@@ -486,35 +499,42 @@ def fit(
                     break
             finished = True
         except (Interrupted, KeyboardInterrupt) as e:
+            stops.saving = True  # further Ctrl-C while last.ckpt and run.json are written: noted, not obeyed
             progress.stop()
             if isinstance(e, StopAtBoundary):  # between batches: the state here resumes exactly
                 state.partial = dist.reduce_stats(state.partial)
                 checkpoint()
-            _write_status(run_info, "interrupted", run, main)
+            run_outputs.write_status(run_info, "interrupted", run, main)
             raise _interrupted(e, run, dist) from None
         except StopTraining:
+            stops.saving = True
             progress.stop()
-            _write_status(run_info, "stopped", run, main)
+            run_outputs.write_status(run_info, "stopped", run, main)
             raise
         except (CnnlabError, RuntimeError) as e:
             lost = dist.lost_contact(e, run)  # a collective failed: another rank died or hung
             if lost is None and not isinstance(e, CnnlabError):
                 raise
+            stops.saving = True
             progress.stop()
-            _write_status(run_info, "failed", run, main)
+            run_outputs.write_status(run_info, "failed", run, main)
             if lost is not None:
                 raise lost from None
             raise
         finally:
             if not finished:  # leaving with an error or a stop
                 dist.close()
+                rd.release(run)
 
-        # ---- finished: the test score, the model files, plots and run.json
+        # ---- finished: the test score, the model files, plots and run.json (a signal now is noted; the run completes)
+        stops.saving = True
         try:
             model = ema.module if ema else model
-            test = _finish(model, dataset, cfg, run, meta, state, stop_reason, load_seconds, norm, device, precision, dist, progress)
+            score = lambda m, split, tta=False: score_split(m, split, norm, device, precision, dist, tta=tta)  # noqa: E731
+            test = run_outputs.finish(model, dataset, cfg, run, meta, state, stop_reason, load_seconds, score, dist, progress)
         finally:
             dist.close()
+            rd.release(run)
         hooks("on_train_end", test)
     if stops:
         progress.print(f"{stops.names[0]} arrived while the finished run was being written; the run completed first")
@@ -547,32 +567,6 @@ def _augmenter_for(model: nn.Module, cfg: TrainConfig, image_shape: tuple[int, i
     return augmenter
 
 
-def _run_info(cfg: TrainConfig, dataset: Dataset, device, precision: str, load_seconds: float | None, dist: ddp.Context) -> dict:
-    info = {
-        "status": "running",
-        "cnnlab_version": __version__,
-        "torch_version": torch.__version__,
-        "python": platform.python_version(),
-        "machine": f"{cpu_description()}, {torch.get_num_threads()} torch threads",
-        "device": str(device),
-        "precision": precision,
-        "seed": cfg.seed,
-        "dataset": dataset.summary(),
-        "seconds": {"load": load_seconds},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    if dist.distributed:
-        info["distributed"] = dist.describe()
-    return info
-
-
-def _write_run_start(run: Path, cfg: TrainConfig, dataset: Dataset) -> None:
-    rd.RunFolder(run).write_config(cfg)
-    _write_samples(dataset, run / "samples.png", cfg.seed)
-    if dataset.bad_files:
-        rd.write_bad_files(run / "bad_files.txt", dataset.bad_files)
-
-
 def _epoch_row(epoch: int, stats: dict, optimizer, model: nn.Module, val, norm: dict, device, precision: str, dist: ddp.Context,
                budget: TimeBudget, n_test: int, test_passes: int) -> dict:
     """The epoch's metrics row from its summed training stats, with the val split's loss and accuracy. Validation
@@ -596,60 +590,6 @@ def _interrupted(e: BaseException, run: Path, dist: ddp.Context) -> TrainingErro
     return TrainingError(f"training interrupted ({why}); state saved in {run / 'last.ckpt'} — resume with: {dist.resume_command(run)}")
 
 
-def _write_status(run_info: dict, status: str, run: Path, main: bool) -> None:
-    run_info["status"] = status
-    if main:
-        rd.write_json(run / "run.json", run_info)
-
-
-def _finish(model: nn.Module, dataset: Dataset, cfg: TrainConfig, run: Path, meta: dict, state: TrainState, stop_reason: str | None,
-            load_seconds: float | None, norm: dict, device, precision: str, dist: ddp.Context, progress: Progress) -> dict | None:
-    """Score the test split (with TTA when cfg.tta: inference.tta_scales), then on rank 0 write the model files, the
-    prediction grid, the curves and the completed run.json. Returns the test metrics (None without a test split)."""
-    t_eval = time.perf_counter()
-    test, main, val = None, dist.is_main, dataset.splits.get("val")
-    if "test" in dataset.splits and len(dataset.splits["test"]):
-        ts = dataset.splits["test"]
-        ev = score_split(model, ts, norm, device, precision, dist, tta=bool(cfg.tta))
-        test = {"loss": ev["loss"], "accuracy": ev["accuracy"], "n": ev["n"], "split": "test", "tta": bool(cfg.tta)}
-        if main:
-            _write_predictions(ts, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed, ev["index"])
-        progress.print(f"test  loss {test['loss']:.4f}  accuracy {test['accuracy']:.1%}  ({test['n']} images{', ' + tta_label(model) if cfg.tta else ''})")
-    elif val is not None and len(val):
-        ev = score_split(model, val, norm, device, precision, dist)
-        if main:
-            _write_predictions(val, ev["logits"], dataset.class_names, run / "predictions.png", cfg.seed, ev["index"])
-    eval_seconds = time.perf_counter() - t_eval
-    dist.close()  # no collectives from here on: other ranks are done, rank 0 writes the run folder
-    if not main:
-        return test
-    history = state.history
-    final = history[-1] if history else {}
-    meta["metrics"] = {"val_accuracy": final.get("val_accuracy"), "test_accuracy": test["accuracy"] if test else None}
-    meta["config"] = cfg.to_dict()
-    save_model_file(run / "model.safetensors", model, meta)
-    if state.best_weights is not None:  # the weights of the epoch with the best val accuracy (EMA weights with --ema)
-        final_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(state.best_weights)
-        save_model_file(run / "best.safetensors", model, {**meta, "metrics": {"val_accuracy": state.best["accuracy"], "epoch": state.best["epoch"]}})
-        model.load_state_dict(final_weights)
-    plots.save_curves(history, run / "curves.png")
-    train_seconds = sum(r["seconds"] for r in history)
-    state.run_info.update({
-        "status": "completed",
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "seconds": {"load": load_seconds, "train": round(train_seconds, 3), "evaluate": round(eval_seconds, 3)},
-        "train_images_per_second": round(len(dataset.train) * len(history) / max(train_seconds, 1e-9), 1),
-        "final": final,
-        "test": test,
-        "best": state.best if val is not None and len(val) else None,
-        "stopped": stop_reason,
-        "dataset": dataset.summary(),
-    })
-    rd.write_json(run / "run.json", state.run_info)
-    return test
-
-
 def _frozen_phase(model: nn.Module, dataset: Dataset, norm: dict, device, precision: str, n_frozen: int,
                   weights: torch.Tensor | None, stops: StopRequests, progress: Progress) -> list[dict]:
     """Train the new head of a pretrained model for n_frozen epochs on the frozen backbone's features, computed
@@ -671,18 +611,3 @@ def _frozen_phase(model: nn.Module, dataset: Dataset, norm: dict, device, precis
     return rows
 
 
-def _write_samples(dataset: Dataset, path: Path, seed: int, n: int = 16) -> None:
-    tr = dataset.train
-    idx = np.random.default_rng(seed).choice(len(tr), size=min(n, len(tr)), replace=False)
-    x, y = read_images(tr, idx)
-    plots.save_grid(x, [dataset.class_names[i] for i in y], path, suptitle="training samples")
-
-
-def _write_predictions(split, logits: torch.Tensor, names: list[str], path: Path, seed: int, index: np.ndarray, n: int = 16) -> None:
-    """`index`: the split positions of the rows of `logits` (streamed files that failed to decode have none)."""
-    idx = np.random.default_rng(seed).choice(len(logits), size=min(n, len(logits)), replace=False)
-    probs = probabilities(logits[idx])
-    pred = probs.argmax(1).numpy()
-    x, y = read_images(split, index[idx])
-    titles, colours = plots.prediction_titles(pred, probs.max(1).values.numpy(), y, names)
-    plots.save_grid(x, titles, path, colours, suptitle="predictions (red: wrong)")

@@ -7,6 +7,8 @@ normalisation are part of the graph, so a consumer needs no cnnlab code; the JSO
 
 We use the TorchScript-based exporter (`dynamo=False`): it needs no extra packages (the
 torch.export-based one needs onnxscript) and handles every model in our registry.
+
+This graph is also the starting point of the fp16, int8 and OpenVINO exports (export/formats.py).
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from cnnlab.engine.inference import predict_logits, probabilities
-from cnnlab.engine.io import atomic_path
 from cnnlab.engine.predictor import Classifier
-from cnnlab.errors import ConfigError, ModelError
+from cnnlab.errors import ModelError
+from cnnlab.export.checks import FP32_MAX_ABS_DIFF, check_fp32
+from cnnlab.export.runtime import INFO_KEY
+from cnnlab.export.runtime import sidecar_path as sidecar_path
 
-MAX_ABS_DIFF = 1e-4  # fp32 tolerance between onnxruntime and PyTorch logits
+MAX_ABS_DIFF = FP32_MAX_ABS_DIFF  # fp32 tolerance between onnxruntime and PyTorch logits
 DEFAULT_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("logits", "probabilities")
@@ -60,10 +63,6 @@ def default_output_path(source: Path) -> Path:
     return source / "model.onnx" if source.is_dir() else source.with_suffix(".onnx")
 
 
-def sidecar_path(onnx_path: Path) -> Path:
-    return onnx_path.with_name(onnx_path.name + ".json")
-
-
 def check_images(clf: Classifier, n: int = 6, seed: int = 0) -> np.ndarray:
     """Check inputs that cover the pixel range: random noise, flat black/white/grey and gradients."""
     c, h, w = clf.input_shape
@@ -93,44 +92,21 @@ def export_onnx(
 ) -> dict:
     """Export, verify in onnxruntime (fails above `tolerance`), then write the .onnx and its JSON sidecar.
 
-    Returns {"path", "sidecar", "max_abs_diff", "checked_batch_sizes", "opset", "model", "class_names"}.
+    `export_model(..., format="onnx")` (export/formats.py) with this function's older signature. Returns
+    {"path", "sidecar", "max_abs_diff", "checked_batch_sizes", "opset", "model", "class_names", ...}.
     """
-    if not 7 <= int(opset) <= 21:
-        raise ConfigError(f"--opset {opset} is not supported — use an opset between 7 and 21 (default {DEFAULT_OPSET})")
-    src = Path(run_or_model)
-    clf = Classifier.load(src)
-    c, h, w = clf.input_shape
-    out_path = Path(out) if out is not None else default_output_path(src)
-    if out_path.suffix.lower() != ".onnx":
-        raise ConfigError(f"--out {out_path}: the file name must end in .onnx")
-    if not out_path.parent.is_dir():
-        raise ConfigError(f"--out {out_path}: folder {out_path.parent} does not exist — create it first")
+    from cnnlab.export.formats import export_model
 
-    model_bytes = build_onnx_bytes(clf, opset, label=str(src))
-    x = check_images(clf) if images is None else np.ascontiguousarray(images, dtype=np.uint8)
-    max_diff, sizes = verify_onnx(clf, _session(model_bytes), x, tolerance, label=str(src))
-
-    sidecar = sidecar_info(clf, opset)
-    with atomic_path(out_path) as tmp:
-        Path(tmp).write_bytes(model_bytes)
-    with atomic_path(sidecar_path(out_path)) as tmp:
-        Path(tmp).write_text(json.dumps(sidecar, indent=2) + "\n")
-    return {"path": str(out_path), "sidecar": str(sidecar_path(out_path)), "max_abs_diff": max_diff,
-            "checked_batch_sizes": sizes, "opset": int(opset), "model": clf.meta["model"], "class_names": clf.class_names}
+    return export_model(run_or_model, out, "onnx", opset=opset, check_images=images, tolerance=tolerance)
 
 
 def verify_onnx(clf: Classifier, sess, x: np.ndarray, tolerance: float = MAX_ABS_DIFF, label: str = "model") -> tuple[float, list[int]]:
     """Max abs difference of logits and probabilities vs PyTorch on batch sizes 1 and len(x); raises above tolerance."""
-    ref_logits = predict_logits(clf.model, x, clf.meta["normalization"], torch.device("cpu"), "fp32")
-    ref_probs = probabilities(ref_logits).numpy()
-    max_diff, sizes = 0.0, []
-    for n in sorted({1, len(x)}):  # two batch sizes: the batch axis must really be dynamic
-        logits, probs = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: x[:n]})
-        max_diff = max(max_diff, float(np.max(np.abs(logits - ref_logits[:n].numpy()))), float(np.max(np.abs(probs - ref_probs[:n]))))
-        sizes.append(n)
-    if not np.isfinite(max_diff) or max_diff > tolerance:
-        raise ModelError(f"{label}: ONNX output differs from PyTorch by {max_diff:.3g} (> {tolerance:g}); nothing was written — report this model/opset combination")
-    return max_diff, sizes
+    def run(batch):
+        logits, probs = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: batch})
+        return logits, probs
+
+    return check_fp32(clf, run, np.ascontiguousarray(x, dtype=np.uint8), tolerance, label, what="ONNX")
 
 
 def build_onnx_bytes(clf: Classifier, opset: int = DEFAULT_OPSET, label: str = "model") -> bytes:
@@ -153,22 +129,40 @@ def build_onnx_bytes(clf: Classifier, opset: int = DEFAULT_OPSET, label: str = "
     return _with_metadata(buf.getvalue(), clf)
 
 
-def sidecar_info(clf: Classifier, opset: int) -> dict:
+def sidecar_info(clf: Classifier, opset: int | None = DEFAULT_OPSET, format: str = "onnx", precision: str = "fp32",
+                 runtime: str = "onnxruntime") -> dict:
+    """The export's description: what the sidecar holds (without the check figures) and the model file embeds."""
     c, h, w = clf.input_shape
     return {
-        "format": "cnnlab-onnx",
+        "format": format,
+        "precision": precision,
+        "runtime": runtime,
         "model": clf.meta["model"],
         "model_args": clf.meta.get("model_args", {}),
+        "cnnlab_version": clf.meta.get("cnnlab_version"),
         "class_names": clf.class_names,
-        "opset": int(opset),
+        **({"opset": int(opset)} if opset is not None else {}),
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", h, w, c], "layout": "NHWC",
-                  "resize": clf.meta.get("resize", "squash")},
+                  "resize": clf.resize},  # squash | crop | pad, as the model was trained (docs/deploy.md "Input")
         "outputs": {"logits": ["batch", len(clf.class_names) if len(clf.class_names) > 2 else 1],
                     "probabilities": ["batch", len(clf.class_names)]},
         "preprocessing_in_graph": True,
         "normalization": clf.meta["normalization"],
         "preprocessing": "x = (float(images) * scale - mean) / std per channel, then NHWC -> NCHW; all inside the graph",
     }
+
+
+def set_export_info(model_bytes: bytes, info: dict) -> bytes:
+    """The ONNX model with the export's description in its metadata_props (replacing an earlier one)."""
+    import onnx
+
+    proto = onnx.load_from_string(model_bytes)
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != INFO_KEY]
+    del proto.metadata_props[:]
+    for key, value in [*keep, (INFO_KEY, json.dumps(info))]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
 
 
 def _with_metadata(model_bytes: bytes, clf: Classifier) -> bytes:

@@ -32,11 +32,25 @@ def _unique_names(runs: list[dict]) -> None:
             r["name"] = f"{Path(r['path']).parent.name}/{r['name']}"
 
 
+def expand_runs(paths: list[str | Path]) -> list[str | Path]:
+    """Run folders as given, a cross-validation folder (`cnnlab train --folds K`) replaced by its fold runs."""
+    from cnnlab.engine.kfold import fold_runs, is_cross_validation
+
+    out: list[str | Path] = []
+    for p in paths:
+        folds = fold_runs(p)
+        if not folds and is_cross_validation(p):
+            raise CnnlabError(f"{p}: a cross-validation folder without a finished epoch in any fold yet — compare it when its folds have trained")
+        out.extend(folds or [p])
+    return out
+
+
 def compare_runs(paths: list[str | Path]) -> dict:
-    """{"runs": [{name, path, status, config (differing keys), final metrics}], "differing_keys", "warnings"}."""
+    """{"runs": [{name, path, status, config (differing keys), final metrics}], "differing_keys", "warnings"}.
+    A cross-validation folder stands for its fold runs (one row each)."""
     if len(paths) < 1:
         raise CnnlabError("compare needs at least one run folder")
-    runs = [load_run(p) for p in paths]
+    runs = [load_run(p) for p in expand_runs(paths)]
     _unique_names(runs)
     keys = sorted({k for r in runs for k in r["config"]} - IGNORED_KEYS)
     differing = [k for k in keys if len({json.dumps(r["config"].get(k), sort_keys=True) for r in runs}) > 1]

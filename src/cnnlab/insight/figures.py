@@ -1,5 +1,9 @@
-"""Evaluation figures (PNG): confusion matrix, reliability diagram, per-class bars, top losses,
-most-confused pairs, prediction grid. Inputs are the report from insight.metrics plus the images."""
+"""Evaluation figures: confusion matrix, reliability diagram, per-class bars, top losses, most-confused pairs,
+prediction grid. Inputs are the report from insight.metrics plus the images.
+
+Each `*_figure` returns a matplotlib Figure (the notebook API shows it: insight/notebook.py); its `save_*` twin
+writes that same figure as a PNG (`cnnlab evaluate --plots`, report.html).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.insight import metrics as M
-from cnnlab.plotting import OK_COLOUR, WRONG_COLOUR, plt, prediction_titles, save_figure, save_grid
+from cnnlab.plotting import OK_COLOUR, WRONG_COLOUR, Figure, grid_figure, new_figure, prediction_titles, save_figure
 
 
-def save_confusion_matrix(report: dict, path: str | Path) -> Path:
+def confusion_matrix_figure(report: dict) -> Figure:
     """Counts in each cell, colour = row-normalised fraction (recall per true class)."""
     cm = report["confusion_matrix"]
     names, counts, norm = cm["labels"], np.array(cm["counts"]), np.array(cm["normalized"])
     k = len(names)
     size = max(4.0, 0.6 * k + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = new_figure(figsize=(size + 1, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
     ax.set_xticks(range(k), names, rotation=45, ha="right")
@@ -31,13 +35,13 @@ def save_confusion_matrix(report: dict, path: str | Path) -> Path:
                         color="white" if norm[t, p] > 0.5 else "black")
     ax.set_title(f"confusion matrix (accuracy {report['accuracy']:.1%})" if report.get("accuracy") is not None else "confusion matrix")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def save_reliability_diagram(report: dict, path: str | Path) -> Path:
+def reliability_figure(report: dict) -> Figure:
     """Accuracy vs confidence per bin; the diagonal is perfect calibration."""
     cal = report["calibration"]
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    fig, (ax, ax2) = new_figure(2, 1, figsize=(5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     centres = [(b["lower"] + b["upper"]) / 2 for b in cal["bins"]]
     width = cal["bins"][0]["upper"] - cal["bins"][0]["lower"]
     acc = [b["accuracy"] or 0.0 for b in cal["bins"]]
@@ -53,14 +57,14 @@ def save_reliability_diagram(report: dict, path: str | Path) -> Path:
     ax2.set_ylabel("images")
     ax2.set_xlim(0, 1)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def save_per_class_bars(report: dict, path: str | Path) -> Path:
+def per_class_figure(report: dict) -> Figure:
     """Precision, recall and F1 for each class side by side."""
     rows = report["per_class"]
     k = len(rows)
-    fig, ax = plt.subplots(figsize=(max(5, 1.0 * k + 2), 4))
+    fig, ax = new_figure(figsize=(max(5, 1.0 * k + 2), 4))
     xs = np.arange(k)
     for j, key in enumerate(("precision", "recall", "f1")):
         ax.bar(xs + (j - 1) * 0.27, [r[key] for r in rows], width=0.27, label=key)
@@ -70,13 +74,13 @@ def save_per_class_bars(report: dict, path: str | Path) -> Path:
     ax.set_title("per-class precision / recall / F1")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def save_most_confused(report: dict, path: str | Path) -> Path:
+def most_confused_figure(report: dict) -> Figure:
     """Horizontal bars: 'true -> predicted' pairs, most frequent first."""
     pairs = report["most_confused"]
-    fig, ax = plt.subplots(figsize=(6, max(2.0, 0.4 * len(pairs) + 1)))
+    fig, ax = new_figure(figsize=(6, max(2.0, 0.4 * len(pairs) + 1)))
     if pairs:
         labels = [f"{p['true']} → {p['predicted']}" for p in pairs][::-1]
         ax.barh(labels, [p["count"] for p in pairs][::-1], color=WRONG_COLOUR)
@@ -86,22 +90,51 @@ def save_most_confused(report: dict, path: str | Path) -> Path:
         ax.axis("off")
     ax.set_title("most confused (true → predicted)")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
-def save_top_losses(x: np.ndarray, losses: list[dict], path: str | Path) -> Path:
-    """The images the model got most wrong, titled prediction / probability / truth / loss."""
-    imgs = x[[r["index"] for r in losses]]
-    titles = [f"pred {r['predicted']} {r['probability']:.0%}\ntrue {r['true']} · loss {r['loss']:.2f}" for r in losses]
+def top_losses_figure(x: np.ndarray, losses: list[dict]) -> Figure:
+    """The images the model got most wrong (metrics.top_losses rows, "index" into x), titled prediction /
+    probability / truth / loss."""
+    imgs = x[[r["index"] for r in losses]] if losses else np.zeros((0, 1, 1, 3), dtype=np.uint8)
+    titles = [f"pred {r['predicted']} {r['probability']:.0%}\ntrue {r['true']} · loss {_loss_text(r['loss'])}" for r in losses]
     colours = [OK_COLOUR if r["predicted"] == r["true"] else WRONG_COLOUR for r in losses]
-    return save_grid(imgs, titles, path, colours, suptitle="top losses")
+    return grid_figure(imgs, titles, colours, suptitle="top losses")
 
 
-def save_prediction_grid(x: np.ndarray, y: np.ndarray, probs: np.ndarray, names: list[str], path: str | Path, n: int = 16, seed: int = 0) -> Path:
+def _loss_text(loss: float | None) -> str:
+    return "inf" if loss is None else f"{loss:.2f}"  # metrics._num turns an infinite loss into None
+
+
+def prediction_grid_figure(x: np.ndarray, y: np.ndarray, probs: np.ndarray, names: list[str], n: int = 16, seed: int = 0) -> Figure:
     """Random images with predicted vs true class; wrong ones in red."""
     idx = np.random.default_rng(seed).choice(len(x), size=min(n, len(x)), replace=False)
     titles, colours = prediction_titles(probs[idx].argmax(1), probs[idx].max(1), y[idx], names)
-    return save_grid(x[idx], titles, path, colours, suptitle="predictions (red: wrong)")
+    return grid_figure(x[idx], titles, colours, suptitle="predictions (red: wrong)")
+
+
+def save_confusion_matrix(report: dict, path: str | Path) -> Path:
+    return save_figure(confusion_matrix_figure(report), path)
+
+
+def save_reliability_diagram(report: dict, path: str | Path) -> Path:
+    return save_figure(reliability_figure(report), path)
+
+
+def save_per_class_bars(report: dict, path: str | Path) -> Path:
+    return save_figure(per_class_figure(report), path)
+
+
+def save_most_confused(report: dict, path: str | Path) -> Path:
+    return save_figure(most_confused_figure(report), path)
+
+
+def save_top_losses(x: np.ndarray, losses: list[dict], path: str | Path) -> Path:
+    return save_figure(top_losses_figure(x, losses), path)
+
+
+def save_prediction_grid(x: np.ndarray, y: np.ndarray, probs: np.ndarray, names: list[str], path: str | Path, n: int = 16, seed: int = 0) -> Path:
+    return save_figure(prediction_grid_figure(x, y, probs, names, n, seed), path)
 
 
 def write_evaluation_plots(out_dir: str | Path, x: np.ndarray, y: np.ndarray, probs: np.ndarray, report: dict, names: list[str]) -> dict[str, str]:

@@ -63,9 +63,12 @@ def calibration(y_true: np.ndarray, probs: np.ndarray, bins: int = CALIBRATION_B
     return {"ece": float(ece) if len(y_true) else None, "bins": rows}
 
 
-def most_confused(counts: np.ndarray, class_names: list[str], limit: int = 10) -> list[dict]:
-    """Off-diagonal confusion-matrix cells, largest first: which true class is mistaken for which."""
-    pairs = [(int(counts[t, p]), t, p) for t in range(len(counts)) for p in range(len(counts)) if t != p and counts[t, p] > 0]
+def most_confused(counts: np.ndarray, class_names: list[str], limit: int | None = 10, min_count: int = 1) -> list[dict]:
+    """Off-diagonal confusion-matrix cells with at least `min_count` images, largest first (ties: true class, then
+    predicted class, in label order): which true class is mistaken for which. `limit=None` keeps them all."""
+    counts = np.asarray(counts)
+    floor = max(1, int(min_count))
+    pairs = [(int(counts[t, p]), t, p) for t in range(len(counts)) for p in range(len(counts)) if t != p and counts[t, p] >= floor]
     pairs.sort(key=lambda v: (-v[0], v[1], v[2]))
     return [{"true": class_names[t], "predicted": class_names[p], "count": c} for c, t, p in pairs[:limit]]
 

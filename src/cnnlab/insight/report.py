@@ -1,7 +1,9 @@
 """report.html: one self-contained page per run (images embedded as base64 PNG, no network needed).
 
-Sections: run (status, versions, timings), resolved config, dataset (class counts, sample grid), model
-summary, training curves, metrics table + confusion matrix + calibration, top losses, Grad-CAM examples.
+It leads with what a user came for, then how it was made. Sections: results (final and best accuracy and loss:
+test, val, train), training curves + per-epoch table, evaluation (metrics table, per-class table, confusion
+matrix), sample predictions, top losses, Grad-CAM examples; then the dataset (class counts, sample and augmented
+grids), the model summary, the run's metadata (status, versions, timings) and the resolved config.
 Written at the end of every training run (api.train) and by `cnnlab report RUN [--data SPEC]`.
 """
 
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -34,8 +35,18 @@ pre{background:#f6f8fa;padding:.8em;overflow:auto;font-size:.88em}
 
 
 def _img(path: str | Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return _png(Path(path).read_bytes(), alt)
+
+
+def _fig(fig, alt: str) -> str:
+    """A Figure (plotting / insight.figures) embedded as PNG: the same figure `evaluate --plots` saves."""
+    from cnnlab.plotting import figure_png
+
+    return _png(figure_png(fig), alt)
+
+
+def _png(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -52,6 +63,41 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _pct(v) -> str:
+    return "-" if not isinstance(v, (int, float)) or v != v else f"{v:.2%}"
+
+
+def _section_results(run: RunFolder, res: dict | None) -> str:
+    """The numbers first: test (scored at the end of training), the final and best val epoch, the final train epoch,
+    and the split this page evaluated (when it differs from what training scored)."""
+    info = run.info()
+    rows_m = run.metrics() if run.metrics_csv.exists() else []
+    final = info.get("final") or (rows_m[-1] if rows_m else {})
+    rows = []
+    test = info.get("test")
+    if test:
+        rows.append(["test" + (" (TTA)" if test.get("tta") else ""), _pct(test.get("accuracy")), _fmt(test.get("loss")), test.get("n", "-"),
+                     "end of training"])
+    if final.get("val_accuracy") is not None:
+        rows.append(["val", _pct(final.get("val_accuracy")), _fmt(final.get("val_loss")), "", f"final epoch ({final.get('epoch', '-')})"])
+    best = info.get("best")
+    if best is None and rows_m:
+        vals = [r for r in rows_m if isinstance(r.get("val_accuracy"), float) and r["val_accuracy"] == r["val_accuracy"]]
+        top = max(vals, key=lambda r: r["val_accuracy"], default=None)
+        best = {"accuracy": top["val_accuracy"], "epoch": top["epoch"]} if top else None
+    if best:
+        rows.append(["val (best epoch)", _pct(best.get("accuracy")), "", "", f"epoch {best.get('epoch', '-')}"])
+    if final.get("train_accuracy") is not None:
+        rows.append(["train", _pct(final.get("train_accuracy")), _fmt(final.get("train_loss")), "", f"final epoch ({final.get('epoch', '-')})"])
+    if res is not None and not (test and res["split"] == "test" and res["n"] == test.get("n") and not test.get("tta")):
+        rows.append([f"{res['split']} (this report)", _pct(res["accuracy"]), _fmt(res["loss"]), res["n"], "evaluated for this page, fp32"])
+    status = info.get("status")
+    note = "" if status in (None, "completed") else f'<p class="muted">status: {html.escape(str(status))}</p>'
+    if not rows:
+        return "<h2>Results</h2>" + note + '<p class="muted">no metrics recorded</p>'
+    return "<h2>Results</h2>" + note + _table(["split", "accuracy", "loss", "images", "when"], rows)
+
+
 def _section_run(run: RunFolder) -> str:
     info = run.info()
     keys = [k for k, v in info.items() if not isinstance(v, (dict, list))]
@@ -63,7 +109,7 @@ def _section_config(run: RunFolder) -> str:
     return "<h2>Config</h2>" + (f"<pre>{html.escape(p.read_text())}</pre>" if p.exists() else '<p class="muted">no config.yaml</p>')
 
 
-def _section_dataset(run: RunFolder, ds, tmp: Path) -> str:
+def _section_dataset(run: RunFolder, ds) -> str:
     out = ["<h2>Dataset</h2>"]
     summary = ds.summary() if ds is not None else run.info().get("dataset")
     if summary:
@@ -77,29 +123,26 @@ def _section_dataset(run: RunFolder, ds, tmp: Path) -> str:
     if run.samples_png.exists():
         out.append(_img(run.samples_png, "training samples"))
     if ds is not None:
-        out.append(_augmented_grid(run, ds, tmp))
+        out.append(_augmented_grid(run, ds))
     return "".join(out)
 
 
-def _augmented_grid(run: RunFolder, ds, tmp: Path) -> str:
-    """The training images as the run's augmentation saw them (when it used any)."""
+def _augmented_grid(run: RunFolder, ds) -> str:
+    """The training images as the run's augmentation saw them (when it used any): the notebook's show_augmented."""
     if not run.config_yaml.exists():
         return ""
     cfg = run.config()
     if cfg.augment == "none":
         return ""
     try:
-        from cnnlab.data.augment import augment_uint8, resolve_ops, training_size
-        from cnnlab.plotting import save_grid
+        from cnnlab.data.augment import resolve_ops
+        from cnnlab.insight.notebook import augmented_samples
+        from cnnlab.plotting import grid_figure
 
-        ops = resolve_ops(cfg.augment, cfg.aug_args)
-        if not any(ops.values()):
+        if resolve_ops(cfg.augment, cfg.aug_args) == resolve_ops("none"):  # every op overridden to off
             return ""
-        tr = ds.train
-        idx = np.random.default_rng(cfg.seed).choice(len(tr), size=min(16, len(tr)), replace=False)
-        imgs, notes = augment_uint8(tr.x[idx], tr.y[idx], ops, cfg.seed, training_size(cfg.train_size, tr.x.shape[1:3]))
-        titles = [ds.class_names[int(v)] + n for v, n in zip(tr.y[idx], notes)]
-        return _img(save_grid(imgs, titles, tmp / "aug.png", suptitle=f"augmented ({cfg.augment})"), "augmented samples")
+        imgs, titles, preset = augmented_samples(ds, cfg.augment, cfg.aug_args, cfg.train_size, n=16, seed=cfg.seed)
+        return _fig(grid_figure(imgs, titles, suptitle=f"augmented ({preset})"), "augmented samples")
     except Exception as e:  # augmentation is another module's: the page still renders without this grid
         return f'<p class="muted">augmented grid unavailable ({html.escape(e.__class__.__name__)}: {html.escape(str(e))})</p>'
 
@@ -116,8 +159,8 @@ def _section_model(clf) -> str:
             + _table(["layer", "op", "output", "parameters", "MACs", "receptive field", "stride"], rows))
 
 
-def _section_curves(run: RunFolder, tmp: Path) -> str:
-    from cnnlab.plotting import save_curves
+def _section_curves(run: RunFolder) -> str:
+    from cnnlab.plotting import curves_figure
 
     if not run.metrics_csv.exists():
         return ""
@@ -126,7 +169,7 @@ def _section_curves(run: RunFolder, tmp: Path) -> str:
     if run.curves_png.exists():
         out.append(_img(run.curves_png, "training curves"))
     elif rows:
-        out.append(_img(save_curves(rows, tmp / "curves.png"), "training curves"))
+        out.append(_fig(curves_figure(rows), "training curves"))
     if rows:
         cols = list(rows[0])
         out.append(_table(cols, [[_cell(r[c]) for c in cols] for r in rows]))
@@ -143,36 +186,58 @@ def _cell(value) -> str:
     return str(int(f)) if f.is_integer() and "." not in text else _fmt(f)
 
 
-def _section_evaluation(clf, ds, tmp: Path) -> str:
-    from cnnlab.insight import figures
+def _evaluate(clf, ds) -> tuple[dict, object]:
+    """(the evaluate report, the images it scored) on the test split, else val: streamed files that fail to decode are
+    not scored. Batches of 64: fp32 activations of 256 images were the peak memory of a whole run (+0.56 GB at 100 px)."""
     from cnnlab.insight.evaluation import evaluate_split_with_images
+
+    return evaluate_split_with_images(clf, ds, ds.default_eval_split(), batch_size=REPORT_BATCH)
+
+
+def _section_evaluation(res: dict) -> str:
+    from cnnlab.insight import figures
+
+    return "".join([
+        f"<h2>Evaluation ({html.escape(res['split'])}, {res['n']} images)</h2>",
+        _table(["metric", "value"], [["loss", _fmt(res["loss"])], ["accuracy", _fmt(res["accuracy"])], ["ROC-AUC", _fmt(res["roc_auc"])],
+                                     ["ECE", _fmt(res["calibration"]["ece"])]]
+               + [[f"top-{k} accuracy", _fmt(v)] for k, v in res["top_k_accuracy"].items()]),
+        _table(["class", "precision", "recall", "f1", "support"],
+               [[r["class"], _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), r["support"]] for r in res["per_class"]]
+               + [[n.replace("_", " "), _fmt(res[n]["precision"]), _fmt(res[n]["recall"]), _fmt(res[n]["f1"]), res["n"]]
+                  for n in ("macro_avg", "weighted_avg")]),
+        _fig(figures.confusion_matrix_figure(res), "confusion matrix")])
+
+
+def _section_predictions(run: RunFolder) -> str:
+    """The prediction grid training drew (test split, else val)."""
+    if not run.predictions_png.exists():
+        return ""
+    return "<h2>Predictions</h2>" + _img(run.predictions_png, "sample predictions")
+
+
+def _section_top_losses(res: dict, scored) -> str:
+    from cnnlab.insight import figures
+
+    if not res["top_losses"]:
+        return ""
+    return "<h2>Top losses</h2>" + _fig(figures.top_losses_figure(scored.x, res["top_losses"][:TOP_LOSSES]), "top losses")
+
+
+def _section_gradcam(clf, scored, names: list[str], n: int) -> str:
     from cnnlab.insight.gradcam import explain_image
+    from cnnlab.plotting import grid_figure
 
-    split = ds.default_eval_split()
-    # batches of 64: fp32 activations of 256 images were the peak memory of a whole training run (+0.56 GB at 100 px)
-    res, s = evaluate_split_with_images(clf, ds, split, batch_size=REPORT_BATCH)  # s: the images scored (streamed files that fail to decode are not)
-    out = [f"<h2>Evaluation ({html.escape(split)}, {res['n']} images)</h2>",
-           _table(["metric", "value"], [["loss", _fmt(res["loss"])], ["accuracy", _fmt(res["accuracy"])], ["ROC-AUC", _fmt(res["roc_auc"])],
-                                        ["ECE", _fmt(res["calibration"]["ece"])]]
-                  + [[f"top-{k} accuracy", _fmt(v)] for k, v in res["top_k_accuracy"].items()]),
-           _table(["class", "precision", "recall", "f1", "support"],
-                  [[r["class"], _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), r["support"]] for r in res["per_class"]]
-                  + [[n.replace("_", " "), _fmt(res[n]["precision"]), _fmt(res[n]["recall"]), _fmt(res[n]["f1"]), res["n"]]
-                     for n in ("macro_avg", "weighted_avg")])]
-    out.append(_img(figures.save_confusion_matrix(res, tmp / "cm.png"), "confusion matrix"))
-    if res["top_losses"]:
-        out.append("<h2>Top losses</h2>" + _img(figures.save_top_losses(s.x, res["top_losses"][:TOP_LOSSES], tmp / "tl.png"), "top losses"))
-    if res["n"]:
-        from cnnlab.plotting import save_grid
-
-        idx = np.random.default_rng(0).choice(res["n"], size=min(GRADCAM_EXAMPLES, res["n"]), replace=False)
-        tiles, titles = [], []
-        for i in idx:
-            e = explain_image(clf, s.x[i])
-            tiles += [s.x[i] if s.x[i].shape[2] == 3 else np.repeat(s.x[i], 3, axis=2), e["overlay"]]
-            titles += [f"true {ds.class_names[int(s.y[i])]}", f"{e['class']} {e['probability']:.0%} · {e['layer']}"]
-        out.append("<h2>Grad-CAM (predicted class)</h2>" + _img(save_grid(np.stack(tiles), titles, tmp / "gc.png"), "Grad-CAM examples"))
-    return "".join(out)
+    if not n:
+        return ""
+    idx = np.random.default_rng(0).choice(n, size=min(GRADCAM_EXAMPLES, n), replace=False)
+    tiles, titles = [], []
+    for i in idx:
+        img = scored.x[i]
+        e = explain_image(clf, img)
+        tiles += [img if img.shape[2] == 3 else np.repeat(img, 3, axis=2), e["overlay"]]
+        titles += [f"true {names[int(scored.y[i])]}", f"{e['class']} {e['probability']:.0%} · {e['layer']}"]
+    return "<h2>Grad-CAM (predicted class)</h2>" + _fig(grid_figure(np.stack(tiles), titles), "Grad-CAM examples")
 
 
 def build_report(run_dir: str | Path, dataset=None, clf=None) -> str:
@@ -188,15 +253,22 @@ def build_report(run_dir: str | Path, dataset=None, clf=None) -> str:
         clf = load_classifier(run.path)
     if dataset is None and run.config_yaml.exists():
         dataset = dataset_for_model(clf, run.config().data)
+    res = scored = None
+    if dataset is not None:
+        eval_ds = dataset_for_model(clf, dataset)
+        res, scored = _evaluate(clf, eval_ds)
     title = f"cnnlab run {run.path.name}"
-    with tempfile.TemporaryDirectory(prefix="cnnlab-report-") as t:
-        tmp = Path(t)
-        parts = [f"<h1>{html.escape(title)}</h1><p class='muted'>{html.escape(str(run.path.resolve()))}</p>",
-                 _section_run(run), _section_config(run), _section_dataset(run, dataset, tmp), _section_model(clf),
-                 _section_curves(run, tmp)]
-        if dataset is not None:
-            parts.append(_section_evaluation(clf, dataset_for_model(clf, dataset), tmp))
-        body = "".join(parts)
+    parts = [f"<h1>{html.escape(title)}</h1><p class='muted'>{html.escape(str(run.path.resolve()))}</p>",
+             # what a user came for: the numbers, the curves, the confusion matrix, predictions and mistakes
+             _section_results(run, res), _section_curves(run)]
+    if res is not None:
+        parts.append(_section_evaluation(res))
+    parts.append(_section_predictions(run))
+    if res is not None:
+        parts += [_section_top_losses(res, scored), _section_gradcam(clf, scored, clf.class_names, res["n"])]
+    # then how it was made
+    parts += [_section_dataset(run, dataset), _section_model(clf), _section_run(run), _section_config(run)]
+    body = "".join(parts)
     return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>{body}</body></html>"
 
 

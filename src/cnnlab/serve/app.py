@@ -1,4 +1,8 @@
-"""The prediction service: FastAPI app over a Classifier, with limits, dynamic batching and metrics.
+"""The prediction service: FastAPI app over a Classifier or an exported model, with limits, dynamic batching and metrics.
+
+The model is a run folder / model.safetensors (run by onnxruntime, from the same graph `cnnlab export`
+writes, or by torch) or an export written by `cnnlab export`: an .onnx file at any precision (fp32, fp16,
+int8), a .torchscript file, or an OpenVINO folder / model.xml, each run by its own runtime.
 
 Limits (each answered before any work is done where possible):
   body over `max_upload_bytes` -> 413 · content type not multipart/image -> 415 · not an image, corrupt,
@@ -16,6 +20,8 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 import threading
 import time
 import warnings
@@ -30,12 +36,14 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from PIL import Image, UnidentifiedImageError
 
-from cnnlab import __version__
+from cnnlab._version import __version__
 from cnnlab.data import images as image_io
 from cnnlab.engine.predictor import Classifier
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.export.runtime import ExportedModel, exported_model_file, load_exported
 from cnnlab.serve.batching import DynamicBatcher, QueueFull
-from cnnlab.serve.metrics import ServerMetrics
+from cnnlab.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from cnnlab.serve.metrics import MULTIPROC_ENV, ServerMetrics
 
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
 
@@ -130,11 +138,37 @@ class OnnxRuntimeBackend:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def make_backend(clf: Classifier, cfg: ServeConfig):
+class ExportedBackend:
+    """An exported model (ONNX at any precision, TorchScript, OpenVINO) in its own runtime, checked when it was exported."""
+
+    def __init__(self, model: ExportedModel, chunk: int = 4):
+        self.model, self.name = model, model.runtime
+        # onnxruntime runs a dynamic batch in cache-sized chunks (see OnnxRuntimeBackend); the others take it whole.
+        self.chunk = chunk if model.runtime == "onnxruntime" else None
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if self.chunk is None or len(x) <= self.chunk:
+            return self.model.predict_proba(x)
+        return np.concatenate([self.model.predict_proba(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)])
+
+
+def load_model(cfg: ServeConfig) -> Classifier | ExportedModel:
+    """What `cfg.model` names: a run folder or model.safetensors (a Classifier), or an exported model."""
+    cfg.validate()
+    if exported_model_file(cfg.model) is None:
+        return Classifier.load(cfg.model)
+    if cfg.backend == "torch":
+        raise ConfigError(f"{cfg.model}: an exported model runs in its own runtime — drop --backend torch, or serve the run folder to use torch")
+    return load_exported(cfg.model, threads=cfg.threads, spinning=False)
+
+
+def make_backend(clf: Classifier | ExportedModel, cfg: ServeConfig):
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
+    if isinstance(clf, ExportedModel):
+        return ExportedBackend(clf, cfg.ort_chunk)
     return OnnxRuntimeBackend(clf, cfg.threads, cfg.ort_chunk) if cfg.backend == "onnxruntime" else TorchBackend(clf)
 
 
@@ -162,9 +196,16 @@ def decode_upload(data: bytes, name: str, clf: Classifier, max_pixels: int) -> n
         raise image_io.ImageReadError(name, f"too many pixels ({width}x{height} = {width * height:,} > limit {max_pixels:,}); refusing a possible decompression bomb")
     out = image_io._decode(name, im, c, (h, w))  # loads, applies EXIF orientation, converts mode; DataError on failure
     if out.size != (w, h):
-        out = out.resize((w, h), Image.BILINEAR, reducing_gap=2.0)
+        out = image_io.fit_image(out, (h, w), model_resize(clf))  # as `cnnlab predict` and training: squash, crop or pad
     arr = np.asarray(out, dtype=np.uint8)
     return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
+
+
+def model_resize(clf: Classifier | ExportedModel) -> str:
+    """How the model's training images were fitted to its input size; an export's description records it."""
+    if isinstance(clf, ExportedModel):
+        return (clf.info.get("input") or {}).get("resize") or "squash"  # exports from before --resize: squash
+    return clf.resize
 
 
 def decode_uploads(files: list[tuple[str, bytes]], clf: Classifier, max_pixels: int) -> np.ndarray:
@@ -417,16 +458,21 @@ _UPLOAD_BODY = {
 }
 
 
-def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) -> FastAPI:
-    """The ASGI app. `clf`/`backend` may be given (tests inject a slow backend); otherwise loaded from cfg.model."""
+def create_app(cfg: ServeConfig, clf: Classifier | ExportedModel | None = None, backend=None, metrics_dir: str | None = None) -> FastAPI:
+    """The ASGI app. `clf`/`backend` may be given (tests inject a slow backend); otherwise loaded from cfg.model.
+
+    `metrics_dir`: the metrics folder shared by the worker processes of one server (see serve.metrics), or None.
+    """
     cfg.validate()
-    clf = clf if clf is not None else Classifier.load(cfg.model)
+    clf = clf if clf is not None else load_model(cfg)
     backend = backend if backend is not None else make_backend(clf, cfg)
     backend_name = getattr(backend, "name", type(backend).__name__)
-    model_version = clf.meta.get("cnnlab_version", __version__)
+    model_version = clf.meta.get("cnnlab_version") or __version__
+    model_format = (clf.format, clf.precision) if isinstance(clf, ExportedModel) else ("safetensors", "fp32")
     explain_lock = threading.Lock()  # Grad-CAM hooks one model: one explanation at a time
-    metrics = ServerMetrics(lambda: batcher.queued_images)
-    batcher = DynamicBatcher(backend.predict_proba, cfg.max_batch, cfg.max_delay_ms, cfg.max_queue, on_batch=metrics.observe_batch)
+    metrics = ServerMetrics(metrics_dir)
+    batcher = DynamicBatcher(backend.predict_proba, cfg.max_batch, cfg.max_delay_ms, cfg.max_queue, on_batch=metrics.observe_batch,
+                             on_queue=metrics.set_queue_depth)
     decode_pool = ThreadPoolExecutor(cfg.decode_threads or os.cpu_count() or 1, thread_name_prefix="cnnlab-decode")
 
     @asynccontextmanager
@@ -435,6 +481,7 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
         yield
         await batcher.stop()
         decode_pool.shutdown(wait=False, cancel_futures=True)
+        metrics.close()
 
     app = FastAPI(title="cnnlab prediction service", version=__version__, lifespan=lifespan,
                   description=f"Model {clf.meta['model']} with classes {', '.join(clf.class_names)}.")
@@ -448,12 +495,13 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
     async def model_info() -> dict:
         c, h, w = clf.input_shape
         return {"name": clf.meta["model"], "classes": clf.class_names, "input_shape": {"channels": c, "height": h, "width": w},
-                "version": model_version, "backend": backend_name, "max_batch": cfg.max_batch,
+                "version": model_version, "backend": backend_name, "format": model_format[0], "precision": model_format[1],
+                "max_batch": cfg.max_batch,
                 "max_upload_bytes": cfg.max_upload_bytes, "max_images_per_request": cfg.max_images_per_request}
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def predict_files(files: list[tuple[str, bytes]], top_k: int) -> dict:
         """Decode, batch, answer: the one implementation behind both ways into /v1/predict."""
@@ -478,6 +526,8 @@ def create_app(cfg: ServeConfig, clf: Classifier | None = None, backend=None) ->
             from cnnlab.insight.gradcam import explain_image
         except ImportError:
             raise HTTPException(501, "Grad-CAM is not available in this installation") from None
+        if not isinstance(clf, Classifier):
+            raise HTTPException(501, f"Grad-CAM needs the PyTorch model; this server runs an exported {model_format[0]} model — serve the run folder for explanations")
         if class_name is not None and class_name not in clf.class_names:
             raise HTTPException(400, f"unknown class {class_name!r} — choose one of: {', '.join(clf.class_names)}")
         names, x = await read_images(request, cfg, clf, 1, decode_pool)
@@ -524,17 +574,33 @@ CONFIG_ENV = "CNNLAB_SERVE_CONFIG"
 
 
 def app_from_env():
-    """uvicorn factory for --workers N: each worker process builds its own app from the JSON config."""
-    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+    """uvicorn factory for --workers N: each worker process builds its own app from the JSON config and
+    records its metrics in the server's shared metrics folder."""
+    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])), metrics_dir=os.environ[MULTIPROC_ENV])
 
 
 def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_level: str = "warning", app=None) -> None:
-    """Run the service under uvicorn (uvloop and httptools when installed); `app` if already built from `cfg`."""
+    """Run the service under uvicorn (uvloop and httptools when installed); `app` if already built from `cfg`.
+
+    With several workers, their metrics go to a fresh temp folder made here before they start (their
+    prometheus_client reads PROMETHEUS_MULTIPROC_DIR when imported) and removed when the server stops.
+    """
     import uvicorn
 
     cfg = cfg.with_thread_defaults(workers)
     if workers > 1:
+        metrics_dir = tempfile.mkdtemp(prefix="cnnlab-metrics-")
+        saved = {k: os.environ.get(k) for k in (CONFIG_ENV, MULTIPROC_ENV)}
         os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
-        uvicorn.run("cnnlab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level)
+        os.environ[MULTIPROC_ENV] = metrics_dir
+        try:
+            uvicorn.run("cnnlab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     else:
         uvicorn.run(app if app is not None else create_app(cfg), host=host, port=port, log_level=log_level)

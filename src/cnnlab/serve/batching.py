@@ -30,11 +30,14 @@ def _wake(fut: asyncio.Future) -> None:
 
 class DynamicBatcher:
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch: int = 32, max_delay_ms: float = 5.0,
-                 max_queue: int = 256, on_batch: Callable[[int], None] | None = None, clock: Callable[[], float] = time.monotonic):
+                 max_queue: int = 256, on_batch: Callable[[int], None] | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_queue: Callable[[int], None] | None = None):
+        """`on_batch(images)` is called before each forward pass, `on_queue(images)` whenever the number of
+        queued images changes (the queue-depth gauge: pushed, since worker processes' metrics are read from files)."""
         if max_batch < 1 or max_queue < 1 or max_delay_ms < 0:
             raise ValueError("max_batch and max_queue must be >= 1 and max_delay_ms >= 0")
         self.predict, self.max_batch, self.max_delay_s, self.max_queue = predict, max_batch, max_delay_ms / 1000, max_queue
-        self.on_batch, self.clock = on_batch, clock
+        self.on_batch, self.on_queue, self.clock = on_batch, on_queue, clock
         self._pending: deque | None = None  # (images, future, arrival time), oldest first
         self._wakeup: asyncio.Future | None = None  # set while the worker waits for requests
         self._task: asyncio.Task | None = None
@@ -62,6 +65,8 @@ class DynamicBatcher:
             raise QueueFull(f"{self.queued_images} images are already queued (limit {self.max_queue})")
         fut = asyncio.get_running_loop().create_future()
         self.queued_images += n
+        if self.on_queue is not None:
+            self.on_queue(self.queued_images)
         self._pending.append((images, fut, self.clock()))
         if self._wakeup is not None:
             _wake(self._wakeup)
@@ -126,3 +131,5 @@ class DynamicBatcher:
                     i += len(xs)
         finally:
             self.queued_images -= sum(len(x) for x, _, _ in batch)
+            if self.on_queue is not None:
+                self.on_queue(self.queued_images)

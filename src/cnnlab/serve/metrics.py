@@ -1,67 +1,103 @@
-"""Prometheus text exposition (format 0.0.4) without a client library: counters, histograms, gauges."""
+"""The server's Prometheus metrics through prometheus_client, right under `serve --workers N` too.
+
+One process (`--workers 1`, or create_app embedded in a program or a test): the metrics live in a
+registry of the app's own. Several worker processes: each worker writes its values to files in a
+folder shared by all of them (PROMETHEUS_MULTIPROC_DIR: a fresh temp folder `serve` creates before the
+workers start and removes at shutdown), and `/metrics`, whichever worker answers it, adds up every
+worker's files (prometheus_client's MultiProcessCollector). Counters and histograms of a worker that
+died stay in the totals, so they never go backwards; the queue-depth gauge is summed over live workers
+only: a scrape that finds a worker gone drops its gauge file (`mark_process_dead`).
+
+Names and labels: cnnlab_requests_total{method,path,status}, cnnlab_request_latency_seconds{path}
+(histogram), cnnlab_batch_size (histogram), cnnlab_queue_depth (gauge).
+"""
 
 from __future__ import annotations
 
+import glob
+import os
 import threading
-from bisect import bisect_left
-from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-
-
-class Histogram:
-    def __init__(self, buckets):
-        self.buckets = tuple(buckets)
-        self.counts = [0] * (len(self.buckets) + 1)  # last = +Inf
-        self.sum, self.count = 0.0, 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.buckets, value)] += 1
-        self.sum += value
-        self.count += 1
-
-    def lines(self, name: str, labels: str = "") -> list[str]:
-        out, cum = [], 0
-        sep = "," if labels else ""
-        for b, c in zip(self.buckets + ("+Inf",), self.counts):
-            cum += c
-            out.append(f'{name}_bucket{{{labels}{sep}le="{b}"}} {cum}')
-        lab = f"{{{labels}}}" if labels else ""
-        out += [f"{name}_sum{lab} {self.sum:.6f}", f"{name}_count{lab} {self.count}"]
-        return out
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client reads it when first imported
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus version reads
 
 
 class ServerMetrics:
-    def __init__(self, queue_depth: Callable[[], int]):
+    """Request counts and latencies, batch sizes and queue depth; `render()` is the /metrics body.
+
+    `multiprocess_dir`: the folder shared by the worker processes, or None for a single process. It must
+    have been in the environment as PROMETHEUS_MULTIPROC_DIR before prometheus_client was imported
+    (serve() sets it before starting the workers).
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None):
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None and not getattr(values.ValueClass, "_multiprocess", False):
+            raise RuntimeError(f"{MULTIPROC_ENV} must be set before prometheus_client is first imported for multiprocess metrics")
+        # Multiprocess values live in the shared files and are read back from there, so they join no registry.
+        registry = None if multiprocess_dir is not None else CollectorRegistry(auto_describe=True)
+        self.registry = registry
+        self.requests = Counter("cnnlab_requests", "HTTP requests by method, path and status code.",
+                                ("method", "path", "status"), registry=registry)
+        self.latency = Histogram("cnnlab_request_latency_seconds", "Request latency by path.", ("path",),
+                                 buckets=LATENCY_BUCKETS_S, registry=registry)
+        self.batch_size = Histogram("cnnlab_batch_size", "Images per model forward pass (dynamic batching).",
+                                    buckets=BATCH_BUCKETS, registry=registry)
+        self.queue_depth = Gauge("cnnlab_queue_depth", "Images waiting for or inside the running batch.",
+                                 registry=registry, multiprocess_mode="livesum")
+        self._children: dict[tuple[str, str, int], tuple] = {}  # label lookups cached: one per route and status
         self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.latency: dict[str, Histogram] = {}
-        self.batch_size = Histogram(BATCH_BUCKETS)
-        self.queue_depth = queue_depth
 
     def observe_request(self, method: str, path: str, status: int, seconds: float) -> None:
-        with self._lock:
-            key = (method, path, status)
-            self.requests[key] = self.requests.get(key, 0) + 1
-            self.latency.setdefault(path, Histogram(LATENCY_BUCKETS_S)).observe(seconds)
+        key = (method, path, status)
+        child = self._children.get(key)
+        if child is None:
+            with self._lock:
+                child = self._children.setdefault(key, (self.requests.labels(method, path, str(status)), self.latency.labels(path)))
+        child[0].inc()
+        child[1].observe(seconds)
 
     def observe_batch(self, size: int) -> None:
-        with self._lock:
-            self.batch_size.observe(size)
+        self.batch_size.observe(size)
 
-    def render(self) -> str:
-        with self._lock:
-            lines = ["# HELP cnnlab_requests_total HTTP requests by method, path and status code.",
-                     "# TYPE cnnlab_requests_total counter"]
-            for (m, p, s), n in sorted(self.requests.items()):
-                lines.append(f'cnnlab_requests_total{{method="{m}",path="{p}",status="{s}"}} {n}')
-            lines += ["# HELP cnnlab_request_latency_seconds Request latency by path.",
-                      "# TYPE cnnlab_request_latency_seconds histogram"]
-            for p, h in sorted(self.latency.items()):
-                lines += h.lines("cnnlab_request_latency_seconds", f'path="{p}"')
-            lines += ["# HELP cnnlab_batch_size Images per model forward pass (dynamic batching).",
-                      "# TYPE cnnlab_batch_size histogram", *self.batch_size.lines("cnnlab_batch_size"),
-                      "# HELP cnnlab_queue_depth Images waiting for or inside the running batch.",
-                      "# TYPE cnnlab_queue_depth gauge", f"cnnlab_queue_depth {self.queue_depth()}"]
-        return "\n".join(lines) + "\n"
+    def set_queue_depth(self, images: int) -> None:
+        self.queue_depth.set(images)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of this process's metrics, or of every worker's."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        self._mark_dead_workers()
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """This worker is stopping: its queue depth no longer counts."""
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)
+
+    def _mark_dead_workers(self) -> None:
+        """Drop the live-gauge files of worker processes that no longer exist (killed, crashed)."""
+        for f in glob.glob(os.path.join(self.multiprocess_dir, "gauge_live*_*.db")):
+            try:
+                pid = int(os.path.basename(f)[: -len(".db")].rsplit("_", 1)[1])
+            except ValueError:
+                continue
+            if not _alive(pid):
+                multiprocess.mark_process_dead(pid, self.multiprocess_dir)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

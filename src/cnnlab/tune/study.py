@@ -117,6 +117,7 @@ def tune(data, trials: int | None, *, out: str | Path = "runs/tune", space: dict
     from cnnlab.data.dataset import Dataset
     from cnnlab.engine import session
     from cnnlab.insight.report import write_run_report
+    from cnnlab.track import log_report
 
     if objective not in OBJECTIVES:
         raise ConfigError(f"--objective {objective!r} is invalid — choose {' or '.join(OBJECTIVES)}")
@@ -154,6 +155,7 @@ def tune(data, trials: int | None, *, out: str | Path = "runs/tune", space: dict
             result, _ = session.train(cfg.model, ds, config=cfg, out=run_dir, overwrite=True, quiet=True,
                                       on_epoch_end=lambda row: report_epoch(trial, row))
             write_run_report(result, ds)
+            log_report(result.run_dir)
             values = [r[objective] for r in result.history if r.get(objective) is not None]
             value = (max if objective == "val_accuracy" else min)(values) if values else float("nan")
             if not math.isfinite(value):
