@@ -45,6 +45,20 @@ def write_image_folder(root: Path, n_per_class: int = 30, size: int = 40, exts=(
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def absl_logs_to_the_real_stderr():
+    """TensorBoard (on in every training run where it is installed) imports absl, whose log handler keeps the
+    sys.stderr of that moment: under pytest, one test's capture file, closed when that test ends, so a later run's
+    absl log line (or the interpreter's exit) would write into a closed file. Point it at the real stderr once."""
+    try:
+        import absl.logging
+    except ImportError:
+        yield
+        return
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+    yield
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny nets on a shared 2-core machine run much faster on one thread (no OpenMP spin contention)."""
@@ -104,3 +118,22 @@ def run_subprocess(*args: str, cwd: Path | None = None, timeout: float = 300) ->
     """Run `python -m cnnlab` as a user would (real process, real exit code)."""
     p = subprocess.run([sys.executable, "-m", "cnnlab", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
     return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+def start_http_server(handler_class) -> tuple[str, object]:
+    """A threaded HTTP server on 127.0.0.1 (a free port) for download tests: (its URL, an idempotent stop)."""
+    import http.server
+    import threading
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    stopped: list[bool] = []
+
+    def stop() -> None:
+        if not stopped:
+            stopped.append(True)
+            httpd.shutdown()
+            httpd.server_close()
+
+    return f"http://127.0.0.1:{httpd.server_address[1]}", stop

@@ -6,13 +6,13 @@ import hashlib
 import http.server
 import re
 import socket
-import threading
 
 import numpy as np
 import pytest
 
 from cnnlab.download import cache_dir, download, fetch_cached, sha256_file
 from cnnlab.errors import CnnlabError, DownloadError
+from conftest import start_http_server
 
 PAYLOAD = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -78,16 +78,11 @@ def _handler(state: _Server):
 @pytest.fixture
 def server():
     state = _Server()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    state.url, stop = start_http_server(_handler(state))
     try:
         yield state
     finally:
-        httpd.shutdown()
-        httpd.server_close()
+        stop()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import pytest
 from cnnlab import api
 from cnnlab.data import public
 from cnnlab.errors import DataError, DownloadError
+from conftest import start_http_server
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -79,24 +80,11 @@ def _handler(state: _Server):
 @pytest.fixture
 def server():
     state = _Server()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    stopped = []
-
-    def stop():
-        if not stopped:
-            stopped.append(True)
-            httpd.shutdown()
-            httpd.server_close()
-
-    state.stop = stop
+    state.url, state.stop = start_http_server(_handler(state))
     try:
         yield state
     finally:
-        stop()
+        state.stop()
 
 
 @pytest.fixture

@@ -140,3 +140,27 @@ def prediction_titles(pred: np.ndarray, prob: np.ndarray, truth: np.ndarray, nam
     titles = [f"{names[p]} {q:.0%}\n(true: {names[t]})" for p, q, t in zip(pred, prob, truth)]
     colours = [OK_COLOUR if p == t else WRONG_COLOUR for p, t in zip(pred, truth)]
     return titles, colours
+
+
+def confusion_figure(names: list[str], counts, title: str = "confusion matrix") -> Figure:
+    """A confusion matrix: counts in each cell (with the fraction when there are few classes), colour = the fraction
+    of the true class (recall per class); rows true, columns predicted."""
+    counts = np.asarray(counts)
+    norm = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    k = len(names)
+    size = max(4.0, 0.6 * k + 2)
+    fig, ax = new_figure(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
+    ax.set_xticks(range(k), names, rotation=45, ha="right")
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for t in range(k):
+            for p in range(k):
+                ax.text(p, t, f"{counts[t, p]}\n{norm[t, p]:.0%}", ha="center", va="center", fontsize=8,
+                        color="white" if norm[t, p] > 0.5 else "black")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

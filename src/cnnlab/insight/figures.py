@@ -12,30 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.insight import metrics as M
-from cnnlab.plotting import OK_COLOUR, WRONG_COLOUR, Figure, grid_figure, new_figure, prediction_titles, save_figure
+from cnnlab.plotting import OK_COLOUR, WRONG_COLOUR, Figure, confusion_figure, grid_figure, new_figure, prediction_titles, save_figure
 
 
 def confusion_matrix_figure(report: dict) -> Figure:
     """Counts in each cell, colour = row-normalised fraction (recall per true class)."""
     cm = report["confusion_matrix"]
-    names, counts, norm = cm["labels"], np.array(cm["counts"]), np.array(cm["normalized"])
-    k = len(names)
-    size = max(4.0, 0.6 * k + 2)
-    fig, ax = new_figure(figsize=(size + 1, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
-    ax.set_xticks(range(k), names, rotation=45, ha="right")
-    ax.set_yticks(range(k), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if k <= 20:
-        for t in range(k):
-            for p in range(k):
-                ax.text(p, t, f"{counts[t, p]}\n{norm[t, p]:.0%}", ha="center", va="center", fontsize=8,
-                        color="white" if norm[t, p] > 0.5 else "black")
-    ax.set_title(f"confusion matrix (accuracy {report['accuracy']:.1%})" if report.get("accuracy") is not None else "confusion matrix")
-    fig.tight_layout()
-    return fig
+    title = f"confusion matrix (accuracy {report['accuracy']:.1%})" if report.get("accuracy") is not None else "confusion matrix"
+    return confusion_figure(cm["labels"], np.array(cm["counts"]), title)
 
 
 def reliability_figure(report: dict) -> Figure:

@@ -185,26 +185,10 @@ class TensorBoardTracker(Callback):
 
 
 def confusion_png(names: list[str], counts: np.ndarray, title: str) -> bytes:
-    """Counts in each cell, colour = the fraction of the true class (as report.html's confusion matrix)."""
-    from cnnlab.plotting import figure_png, new_figure
+    """The confusion matrix as report.html draws it, as PNG bytes."""
+    from cnnlab.plotting import confusion_figure, figure_png
 
-    k = len(names)
-    norm = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    size = max(4.0, 0.6 * k + 2)
-    fig, ax = new_figure(figsize=(size + 1, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of true class")
-    ax.set_xticks(range(k), names, rotation=45, ha="right")
-    ax.set_yticks(range(k), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if k <= 20:
-        for t in range(k):
-            for p in range(k):
-                ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=8, color="white" if norm[t, p] > 0.5 else "black")
-    ax.set_title(title)
-    fig.tight_layout()
-    return figure_png(fig)
+    return figure_png(confusion_figure(names, counts, title))
 
 
 def confusion_markdown(split: str, names: list[str], counts: np.ndarray) -> str:
