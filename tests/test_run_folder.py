@@ -186,7 +186,7 @@ def test_create_refuses_to_mix_runs_and_overwrite_clears_the_old_one(tmp_path, m
     with pytest.raises(CnnlabError, match="already holds a run — pass --overwrite"):
         RunFolder.create(run.path)
     again = RunFolder.create(run.path, overwrite=True)
-    assert sorted(p.name for p in again.path.iterdir()) == ["notes.txt"]  # the user's own files stay
+    assert sorted(p.name for p in again.path.iterdir()) == [".lock", "notes.txt"]  # the user's own files stay (.lock: this process owns it)
     (tmp_path / "file").write_text("")
     with pytest.raises(CnnlabError, match="exists and is a file"):
         RunFolder.create(tmp_path / "file")

@@ -132,6 +132,8 @@ class RunFolder:
         path = Path(out) if out is not None else _new_numbered_dir()
         if path.exists() and not path.is_dir():
             raise CnnlabError(f"{path}: exists and is a file — choose another --out")
+        if not overwrite and path.is_dir() and any((path / m).exists() for m in RUN_MARKERS):  # refuse before touching anything
+            raise CnnlabError(f"{path}: already holds a run — pass --overwrite to replace it, or choose another --out")
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / ".cnnlab-write-test"
