@@ -1,8 +1,11 @@
-"""Batch-level augmentation on float NCHW tensors in [0, 1] (runs wherever the batch is: CPU or GPU).
+"""Batch-level augmentation on float NCHW tensors (runs wherever the batch is: CPU or GPU).
 
 All geometric ops (flip, random resized crop, rotation, translation) are folded into one affine warp per
 batch (`affine_grid` + `grid_sample`), so their cost does not add up. Every op draws from an explicit
 `torch.Generator`, so a batch's augmentation is reproducible from (seed, epoch, step) and resumes exactly.
+The policies RandAugment and TrivialAugmentWide (data/policies.py) give each image its own ops.
+Training batches arrive normalised (engine/inference.to_input); given the normalisation, the Augmenter
+works on pixel values in [0, 1] (undone and redone around the ops that need it: colour, policies, erasing).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cnnlab.data import policies
 from cnnlab.errors import ConfigError
 
 # Every op and its "off" value. Probabilities for flips/erasing, fractions/degrees/strengths otherwise.
@@ -29,6 +33,9 @@ OPS: dict[str, float] = {
     "erase": 0.0,       # probability of erasing one random rectangle
     "mixup": 0.0,       # mixup Beta(alpha, alpha); 0 = off
     "cutmix": 0.0,      # cutmix Beta(alpha, alpha); 0 = off (with mixup too: one of them per batch)
+    "n": 0.0,           # RandAugment(N, M): N ops per image, each drawn from 14 (identity included); 0 = off
+    "m": 9.0,           # RandAugment: M, the ops' magnitude bin on torchvision's 0-30 scale
+    "trivialaugment": 0.0,  # TrivialAugmentWide: probability an image gets one op at a random magnitude; 0 = off
 }
 _LIGHT = {"hflip": 0.5, "translate": 0.1}
 _STANDARD = {**_LIGHT, "crop_scale": 0.6, "rotate": 10.0, "brightness": 0.2, "contrast": 0.2, "saturation": 0.2}
@@ -37,6 +44,10 @@ PRESETS: dict[str, dict[str, float]] = {
     "light": _LIGHT,
     "standard": _STANDARD,
     "strong": {**_STANDARD, "erase": 0.25, "mixup": 0.2, "cutmix": 1.0},
+    # the policies in place of standard's rotation and colour jitter, after the same flip, crop and shift
+    # (torchvision's reference recipe: random resized crop, flip, then the policy)
+    "randaugment": {**_LIGHT, "crop_scale": 0.6, "n": 2.0, "m": 9.0},
+    "trivialaugment": {**_LIGHT, "crop_scale": 0.6, "trivialaugment": 1.0},
 }
 
 
@@ -51,11 +62,18 @@ def resolve_ops(preset: str, overrides: dict[str, Any] | None = None) -> dict[st
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
             raise ConfigError(f"augmentation op {key} = {value!r} is invalid — expected a number >= 0")
         ops[key] = float(value)
-    for key in ("hflip", "vflip", "erase"):
+    for key in ("hflip", "vflip", "erase", "trivialaugment"):
         if ops[key] > 1:
             raise ConfigError(f"augmentation op {key} = {ops[key]} is a probability — expected a value in [0, 1]")
     if not 0 < ops["crop_scale"] <= 1:
         raise ConfigError(f"augmentation op crop_scale = {ops['crop_scale']} is invalid — expected a fraction in (0, 1]")
+    if ops["n"] != int(ops["n"]) or ops["n"] > 10:
+        raise ConfigError(f"augmentation op n = {ops['n']:g} is RandAugment's number of ops per image — expected a whole number 0-10")
+    if ops["m"] > policies.NUM_BINS - 1:
+        raise ConfigError(f"augmentation op m = {ops['m']:g} is RandAugment's magnitude — expected a number 0-{policies.NUM_BINS - 1}")
+    if "m" in (overrides or {}) and not ops["n"]:
+        raise ConfigError(f"augmentation op m sets RandAugment's magnitude, which is off in {preset!r} — use --aug randaugment "
+                          "or also set n (ops per image), e.g. --aug-arg n=2")
     return ops
 
 
@@ -120,7 +138,7 @@ def geometric(x: torch.Tensor, ops: dict[str, float], g: torch.Generator, size: 
 
 
 def colour(x: torch.Tensor, ops: dict[str, float], g: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation jitter, per image, clamped to [0, 1]."""
+    """Brightness, contrast and saturation jitter, per image, clamped to [0, 1] (pixel values, not normalised)."""
     n = x.shape[0]
     shape = (n, 1, 1, 1)
     if ops["brightness"] > 0:
@@ -170,25 +188,55 @@ def mix(x: torch.Tensor, y: torch.Tensor, ops: dict[str, float], g: torch.Genera
     return x, y[perm.to(y.device)], lam
 
 
+def pixel_range(norm: dict | None) -> tuple[list[float], list[float]] | None:
+    """(mean, std) when `norm` (a model's normalisation: scale, mean, std) shifts pixel values away from [0, 1];
+    None when inputs are plain [0, 1] pixels (models trained from scratch here)."""
+    if not norm:
+        return None
+    mean, std = norm.get("mean"), norm.get("std")
+    if (mean is None or all(v == 0.0 for v in mean)) and (std is None or all(v == 1.0 for v in std)):
+        return None
+    return list(mean or [0.0]), list(std or [1.0])
+
+
 class Augmenter:
-    """Applies the enabled ops to a batch: geometric -> colour -> erasing -> mixup/cutmix.
+    """Applies the enabled ops to a batch: geometric -> policy (RandAugment / TrivialAugmentWide) -> colour ->
+    erasing -> mixup/cutmix.
 
     size: the training size (`--train-size`): batches come out size x size, so random crops are cut from
-    the larger loaded images (sharp, not upsampled) while evaluation sees the whole images at their size."""
+    the larger loaded images (sharp, not upsampled) while evaluation sees the whole images at their size.
+    norm: the normalisation the batches arrive in (to_input's `norm`; None: [0, 1] pixels). The ops that
+    depend on pixel values (colour, the policies, erasing's grey) run on pixel values: the batch is
+    un-normalised before them and normalised again after, so a pretrained model's inputs stay correct.
+    Geometric warps, mixup and cutmix commute with the normalisation and run as they are."""
 
-    def __init__(self, ops: dict[str, float], size: int | None = None):
+    def __init__(self, ops: dict[str, float], size: int | None = None, norm: dict | None = None):
         self.ops = ops
         self.size = size
+        self.norm = norm
         self.enabled = any(ops[k] != OPS[k] for k in OPS) or size is not None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator):
-        """x float (N, C, H, W) in [0, 1]; returns (x, partner labels or None, own-label weight lam)."""
+        """x float (N, C, H, W): [0, 1] pixels, or normalised by self.norm; returns (x, partner labels or None,
+        own-label weight lam), x as it came (normalised if it came normalised)."""
         ops = self.ops
         x = geometric(x, ops, g, self.size)
-        if ops["brightness"] or ops["contrast"] or ops["saturation"]:
-            x = colour(x, ops, g)
-        if ops["erase"] > 0:
-            x = erase(x, ops["erase"], g)
+        jitter = ops["brightness"] or ops["contrast"] or ops["saturation"]
+        if jitter or ops["n"] or ops["trivialaugment"] or ops["erase"]:
+            shift = pixel_range(self.norm)
+            if shift is not None:
+                mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, -1, 1, 1) for v in shift)
+                x = x * std + mean
+            if ops["n"]:
+                x = policies.rand_augment(x, int(ops["n"]), ops["m"], g)
+            if ops["trivialaugment"]:
+                x = policies.trivial_augment(x, ops["trivialaugment"], g)
+            if jitter:
+                x = colour(x, ops, g)
+            if ops["erase"] > 0:
+                x = erase(x, ops["erase"], g)
+            if shift is not None:
+                x = (x - mean) / std
         if (ops["mixup"] > 0 or ops["cutmix"] > 0) and len(y) > 1:
             return mix(x, y, ops, g)
         return x, None, 1.0

@@ -161,6 +161,8 @@ class StepContext:
     def __post_init__(self) -> None:
         self.dist = self.dist or ddp.Context(self.device)
         self.net = self.net or self.model
+        if self.augmenter is not None and self.augmenter.norm is None:
+            self.augmenter.norm = self.norm  # colour ops and the policies run on pixel values (data/augment.py)
         if self.precision == "fp16" and self.scaler is None:
             # fp16 gradients below ~6e-8 flush to zero: scale the loss up for backward, unscale before the step
             # (steps whose gradients overflowed are skipped and the scale lowered; bf16 has fp32's range and needs none)
