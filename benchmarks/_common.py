@@ -36,3 +36,17 @@ def run_alternating(module: str, sides: list[str], repeats: int, child_args: lis
 def spread(values: list[float], fmt: str = "{:.3g}") -> str:
     """Median (min–max)."""
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def time_single(fn, x, calls: int, warmup: int = 5) -> list[float]:
+    """Seconds of each of `calls` single-image calls fn(x[i:i+1]) (cycling through x), after `warmup` untimed ones."""
+    import time
+
+    for i in range(warmup):
+        fn(x[i : i + 1])
+    out = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        fn(x[i % len(x) : i % len(x) + 1])
+        out.append(time.perf_counter() - t0)
+    return out

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import run_alternating, spread
+from benchmarks._common import run_alternating, spread, time_single
 from benchmarks.default_recipe import DEFAULT_SOURCE, split_folder
 
 MODELS = ("seed_cnn", "resnet9", "efficientnet_lite0")
@@ -47,17 +47,6 @@ def train_command(model: str, data: Path, out: Path, args: argparse.Namespace) -
     if model == "resnet9":
         return base + ["--image-size", "96", "--time-budget", str(args.resnet9_budget), "--no-pretrained"]
     return base + ["--image-size", "224", "--pretrained", "--freeze"]
-
-
-def _time_single(fn, x: np.ndarray, calls: int) -> list[float]:
-    for i in range(3):
-        fn(x[i : i + 1])
-    out = []
-    for i in range(calls):
-        t0 = time.perf_counter()
-        fn(x[i % len(x) : i % len(x) + 1])
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def side(name: str, run: Path, work: Path, batch: int, calls: int) -> dict:
@@ -84,7 +73,7 @@ def side(name: str, run: Path, work: Path, batch: int, calls: int) -> dict:
     t0 = time.perf_counter()
     preds = np.concatenate([predict(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
     batch_s = time.perf_counter() - t0
-    lat = np.asarray(_time_single(predict, x, calls)) * 1e3
+    lat = np.asarray(time_single(predict, x, calls, warmup=3)) * 1e3
     return {"side": name, "version": version, "batch_img_s": len(x) / batch_s, "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)), "pred": preds.tolist()}
 

@@ -28,24 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import run_alternating, spread
+from benchmarks._common import run_alternating, spread, time_single
 
 SIDES = ("torch", "onnxruntime", "keras")
 
 
 def _images(n: int, size: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
-
-
-def _time_single(fn, x: np.ndarray, calls: int) -> list[float]:
-    for i in range(5):
-        fn(x[i : i + 1])
-    out = []
-    for i in range(calls):
-        t0 = time.perf_counter()
-        fn(x[i % len(x) : i % len(x) + 1])
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -87,7 +76,7 @@ def side_torch_or_onnx(side: str, model_name: str, size: int, n: int, batch: int
     t0 = time.perf_counter()
     batch_fn()
     batch_s = time.perf_counter() - t0
-    lat = _time_single(one, x, calls)
+    lat = time_single(one, x, calls, warmup=5)
     return {"side": side, "version": version, "batch_img_s": n / batch_s, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
 
 
@@ -111,7 +100,7 @@ def side_keras(size: int, n: int, batch: int, calls: int) -> dict:
     t0 = time.perf_counter()
     batch_fn()
     batch_s = time.perf_counter() - t0
-    lat = _time_single(one, x, calls)
+    lat = time_single(one, x, calls, warmup=5)
     return {"side": "keras", "version": tf.__version__, "batch_img_s": n / batch_s, "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99)}
 
 

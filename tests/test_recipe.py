@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from cnnlab import models
 from cnnlab.config import TrainConfig
-from cnnlab.engine import trainer
+from cnnlab.engine import optim, trainer
 from cnnlab.engine.schedule import LrSchedule
 from conftest import write_seed_csv
 
@@ -46,7 +46,7 @@ def test_schedules_have_their_shapes():
 
 def test_weight_decay_skips_norms_and_biases():
     m = models.create_model("resnet9", 2, 3, 32, width=4)
-    decay, no_decay = trainer.param_groups(m, 0.05)
+    decay, no_decay = optim.param_groups(m, 0.05)
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0 and len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
 

@@ -38,7 +38,7 @@ from cnnlab.engine.inference import evaluate_arrays, evaluate_on_split, loss_fn,
 from cnnlab.engine import run_outputs
 from cnnlab.engine.model_file import model_metadata
 from cnnlab.engine.optim import (balanced_sample_weights, build_optimizer, class_weights, is_pretrained, loss_weights,  # noqa: F401
-                                 param_groups, train_loss)
+                                 train_loss)
 from cnnlab.engine.progress import Progress
 from cnnlab.engine.schedule import LrSchedule
 from cnnlab.engine.signals import Interrupted, StopAtBoundary, StopRequests, handling
@@ -360,8 +360,6 @@ def fit(
     h, w, c = dataset.image_shape
     meta = model_metadata(model, dataset.class_names, (c, h, w), dataset=dataset.spec, resize=dataset.load_options.get("resize"))
     norm = meta["normalization"]
-    val = dataset.splits.get("val")
-    has_val = val is not None and len(val) > 0
     reader = BatchReader(dataset.train)  # in memory: one uint8 tensor, indexed; streamed: worker processes decode batches ahead
     y_train = torch.from_numpy(dataset.train.y)
     n, k, steps = len(y_train), dataset.num_classes, math.ceil(len(y_train) / cfg.batch_size)
@@ -400,129 +398,29 @@ def fit(
             progress.print(note)
 
     n_test = len(dataset.splits["test"]) if "test" in dataset.splits else 0
-    test_passes = 2 * len(tta_scales(model)) if cfg.tta else 1
     budget = TimeBudget(cfg.time_budget, cfg.epochs, dist, started=fit_t0, used_before=(load_seconds or 0.0) + spent_seconds,
                         spent_earlier=sum(r["seconds"] for r in state.history))  # a resumed run's earlier epochs count
-    first_step = state.step
     view = RunView(model, cfg, run, main, state.epoch, state.step, state.history)
     hooks = CallbackList(list(callbacks or []) + ([_EpochEndFunction(on_epoch_end)] if on_epoch_end is not None else []), view)
-    every = CheckpointEvery(cfg.checkpoint_every, dist)
-
-    def checkpoint() -> None:  # a collective: every rank calls it, rank 0 writes
-        rng_states = dist.rng_states()
-        if main:
-            save_checkpoint(run / "last.ckpt", capture_state(state, model, optimizer, schedule, ema, rng_states, dist.distributed, cfg.to_dict(), ctx.scaler))
-
-    def end_epoch(row: dict, weights_of: nn.Module) -> None:  # record a finished epoch's row; keep the best weights in memory
-        state.history.append(row)
-        progress.end_epoch(row, state.planned_epochs)
-        if has_val and row["val_accuracy"] > state.best["accuracy"]:  # in last.ckpt too; written as best.safetensors at the end
-            state.best = {"accuracy": row["val_accuracy"], "epoch": row["epoch"]}
-            state.best_weights = {k_: v.detach().clone() for k_, v in weights_of.state_dict().items()}
-
-    def after_batch(step: int, stats: dict, loss: float) -> bool:  # True: a callback asked to stop
-        progress.step(stats["loss_sum"] / max(stats["seen"], 1), stats["correct"] / max(stats["seen"], 1))
-        if budget.enabled and state.epoch == n_frozen + 1 and len(state.history) == n_frozen:  # the first trained epoch
-            per_batch = budget.time_first_batches(step, first_step)
-            if per_batch is not None:
-                state.planned_epochs = budget.first_plan(per_batch, steps, n, len(val) if has_val else 0, cfg.batch_size, n_test,
-                                                         test_passes, done=n_frozen)
-                schedule.total_steps = max(1, state.planned_epochs - n_frozen) * steps
-        if hooks:
-            view.step = step
-            hooks("on_batch_end", loss)
-        return view.stop_reason is not None
-
-    def checkpoint_due(next_step: int, stats: dict, t0: float) -> None:  # --checkpoint-every: mid-epoch, so a kill loses little
-        if every.due():
-            live = state.step, state.partial
-            so_far = {**stats, "seconds": stats["seconds"] + time.perf_counter() - t0}
-            state.step, state.partial = next_step, dist.reduce_stats(so_far)
-            checkpoint()
-            state.step, state.partial = live
+    stops = StopRequests()  # SIGINT/SIGTERM only raise a flag: the loop stops at the next batch boundary and saves
+    loop = _Loop(ctx, cfg, dataset, reader, run, progress, schedule, state, budget, view, hooks, stops, n_frozen, steps, n_test,
+                 2 * len(tta_scales(model)) if cfg.tta else 1, CheckpointEvery(cfg.checkpoint_every, dist), state.step, weights)
 
     stop_reason, finished = None, False
-    stops = StopRequests()  # SIGINT/SIGTERM only raise a flag: the loop stops at the next batch boundary and saves
     with handling(stops):  # ... and stay handled until the final files are written, so a run never ends half-written
         try:
             hooks("on_train_start")
-            # ---- pretrained: the head trains on the frozen backbone's features first
-            if n_frozen and state.epoch <= n_frozen:
-                head_weights = class_weights(y_train, k) if cfg.balance == "sampler" else weights  # (features: no sampling)
-                rows = _frozen_phase(model, dataset, norm, device, precision, n_frozen, head_weights, stops, progress)
-                dist.sync_parameters(model.get_submodule(model.head_name))  # every rank trained the same head; rank 0's is kept
-                for row in rows:
-                    end_epoch(row, model)
-                if main:
-                    rd.write_metrics_csv(run / "metrics.csv", state.history)
-                budget.restart_clock()
-                state.epoch, state.step = n_frozen + 1, 0
-                checkpoint()
-                for row in rows if hooks else []:
-                    hooks("on_epoch_end", dict(row))
-                if budget.enabled and state.planned_epochs > n_frozen and budget.left() <= 0:
-                    state.planned_epochs = n_frozen
-                    stop_reason = f"time budget of {cfg.time_budget:g}s reached after the frozen phase"
-                    progress.print(stop_reason)
-
-            # ---- the epochs: train, validate, re-plan, checkpoint
+            if n_frozen and state.epoch <= n_frozen:  # pretrained: the head trains on the frozen backbone's features first
+                stop_reason = loop.frozen_phase()
             stop_reason = view.stop_reason or stop_reason
-            while state.epoch <= state.planned_epochs and not stop_reason:
-                epoch = view.epoch = state.epoch
-                view.step = state.step
-                hooks("on_epoch_start")
-                progress.start_epoch(epoch, state.planned_epochs, steps, state.step)
-                stats = train_one_epoch(ctx, reader, state, steps, lambda s: schedule.factor((epoch - 1 - n_frozen) * steps + s),
-                                        stops, after_batch, checkpoint_due if every.enabled else None)
-                row = _epoch_row(epoch, dist.reduce_stats(stats), optimizer, ema.module if ema else model, val, norm, device, precision,
-                                 dist, budget, n_test, test_passes)
-                end_epoch(row, ema.module if ema else model)
-                if main:
-                    rd.write_metrics_csv(run / "metrics.csv", state.history)
-                    if dataset.bad_files:  # streamed files that failed to decode this epoch join the list
-                        rd.write_bad_files(run / "bad_files.txt", dataset.bad_files)
-                schedule.epoch_end(row["val_loss"])
-                if budget.enabled:
-                    state.planned_epochs = budget.after_epoch(epoch, state.planned_epochs)
-                    schedule.total_steps = max(1, state.planned_epochs - n_frozen) * steps
-                    if state.planned_epochs <= epoch < cfg.epochs:
-                        stop_reason = f"time budget of {cfg.time_budget:g}s reached"
-                # early stopping counts unfrozen epochs only: the frozen phase's best is where fine-tuning starts from
-                if cfg.patience and has_val and epoch - max(state.best["epoch"], n_frozen) >= cfg.patience:
-                    stop_reason = (f"early stopping: no better val accuracy for {cfg.patience} epochs "
-                                   f"(best {state.best['accuracy']:.1%} at epoch {state.best['epoch']})")
-                state.epoch, state.step, state.partial = epoch + 1, 0, None
-                checkpoint()
-                every.restart()
-                hooks("on_epoch_end", dict(row))  # after the checkpoint: a StopTraining here leaves a resumable run
-                stop_reason = view.stop_reason or stop_reason
-                if stop_reason:
-                    progress.print(stop_reason)
-                    break
+            while state.epoch <= state.planned_epochs and not stop_reason:  # the epochs: train, validate, re-plan, checkpoint
+                stop_reason = loop.epoch()
             finished = True
-        except (Interrupted, KeyboardInterrupt) as e:
-            stops.saving = True  # further Ctrl-C while last.ckpt and run.json are written: noted, not obeyed
-            progress.stop()
-            if isinstance(e, StopAtBoundary):  # between batches: the state here resumes exactly
-                state.partial = dist.reduce_stats(state.partial)
-                checkpoint()
-            run_outputs.write_status(run_info, "interrupted", run, main)
-            raise _interrupted(e, run, dist) from None
-        except StopTraining:
-            stops.saving = True
-            progress.stop()
-            run_outputs.write_status(run_info, "stopped", run, main)
-            raise
-        except (CnnlabError, RuntimeError) as e:
-            lost = dist.lost_contact(e, run)  # a collective failed: another rank died or hung
-            if lost is None and not isinstance(e, CnnlabError):
+        except (Interrupted, KeyboardInterrupt, StopTraining, CnnlabError, RuntimeError) as e:
+            instead = loop.leave(e, run_info)  # saves what can be resumed and marks run.json
+            if instead is None:
                 raise
-            stops.saving = True
-            progress.stop()
-            run_outputs.write_status(run_info, "failed", run, main)
-            if lost is not None:
-                raise lost from None
-            raise
+            raise instead from None
         finally:
             if not finished:  # leaving with an error or a stop
                 dist.close()
@@ -541,6 +439,161 @@ def fit(
     if stops:
         progress.print(f"{stops.names[0]} arrived while the finished run was being written; the run completed first")
     return TrainResult(run, model.eval(), meta, state.history, test)
+
+
+@dataclass
+class _Loop:
+    """The steps of one fit call's loop over the objects fit set up: checkpoints, the record of each epoch, the
+    pretrained model's frozen phase, one trained epoch, and leaving on a stop or an error."""
+
+    ctx: StepContext
+    cfg: TrainConfig
+    dataset: Dataset
+    reader: BatchReader
+    run: Path
+    progress: Progress
+    schedule: LrSchedule
+    state: TrainState
+    budget: TimeBudget
+    view: RunView
+    hooks: CallbackList
+    stops: StopRequests
+    n_frozen: int
+    steps: int
+    n_test: int
+    test_passes: int
+    every: CheckpointEvery
+    first_step: int  # the batch this process started training at (its first epoch's timing starts there)
+    weights: torch.Tensor | None  # per-class loss weights, on the CPU
+
+    @property
+    def val(self):
+        val = self.dataset.splits.get("val")
+        return val if val is not None and len(val) else None
+
+    def checkpoint(self) -> None:
+        """Write last.ckpt: a collective (every rank calls it, rank 0 writes)."""
+        ctx, dist = self.ctx, self.ctx.dist
+        rng_states = dist.rng_states()
+        if dist.is_main:
+            save_checkpoint(self.run / "last.ckpt", capture_state(self.state, ctx.model, ctx.optimizer, self.schedule, ctx.ema, rng_states,
+                                                                  dist.distributed, self.cfg.to_dict(), ctx.scaler))
+
+    def end_epoch(self, row: dict, weights_of: nn.Module) -> None:
+        """Record a finished epoch's row; keep the best weights in memory (in last.ckpt too; best.safetensors at the end)."""
+        state = self.state
+        state.history.append(row)
+        self.progress.end_epoch(row, state.planned_epochs)
+        if self.val is not None and row["val_accuracy"] > state.best["accuracy"]:
+            state.best = {"accuracy": row["val_accuracy"], "epoch": row["epoch"]}
+            state.best_weights = {k: v.detach().clone() for k, v in weights_of.state_dict().items()}
+
+    def write_metrics(self) -> None:
+        if self.ctx.dist.is_main:
+            rd.write_metrics_csv(self.run / "metrics.csv", self.state.history)
+            if self.dataset.bad_files:  # streamed files that failed to decode join the list
+                rd.write_bad_files(self.run / "bad_files.txt", self.dataset.bad_files)
+
+    def after_batch(self, step: int, stats: dict, loss: float) -> bool:
+        """Progress, the time budget's first plan, callbacks; True when a callback asked to stop."""
+        state, budget = self.state, self.budget
+        self.progress.step(stats["loss_sum"] / max(stats["seen"], 1), stats["correct"] / max(stats["seen"], 1))
+        if budget.enabled and state.epoch == self.n_frozen + 1 and len(state.history) == self.n_frozen:  # the first trained epoch
+            per_batch = budget.time_first_batches(step, self.first_step)
+            if per_batch is not None:
+                n_val = len(self.val) if self.val is not None else 0
+                state.planned_epochs = budget.first_plan(per_batch, self.steps, len(self.reader.split), n_val, self.cfg.batch_size,
+                                                         self.n_test, self.test_passes, done=self.n_frozen)
+                self.schedule.total_steps = max(1, state.planned_epochs - self.n_frozen) * self.steps
+        if self.hooks:
+            self.view.step = step
+            self.hooks("on_batch_end", loss)
+        return self.view.stop_reason is not None
+
+    def checkpoint_due(self, next_step: int, stats: dict, t0: float) -> None:
+        """--checkpoint-every: a mid-epoch checkpoint, so a kill loses little."""
+        if self.every.due():
+            state = self.state
+            live = state.step, state.partial
+            so_far = {**stats, "seconds": stats["seconds"] + time.perf_counter() - t0}
+            state.step, state.partial = next_step, self.ctx.dist.reduce_stats(so_far)
+            self.checkpoint()
+            state.step, state.partial = live
+
+    def frozen_phase(self) -> str | None:
+        """A pretrained model's head fitted on the frozen backbone's features; returns why training stops, if it does."""
+        ctx, cfg, state, budget = self.ctx, self.cfg, self.state, self.budget
+        model, y = ctx.model, torch.from_numpy(self.dataset.train.y)
+        head_weights = class_weights(y, self.dataset.num_classes) if cfg.balance == "sampler" else self.weights  # (features: no sampling)
+        rows = _frozen_phase(model, self.dataset, ctx.norm, ctx.device, ctx.precision, self.n_frozen, head_weights, self.stops, self.progress)
+        ctx.dist.sync_parameters(model.get_submodule(model.head_name))  # every rank trained the same head; rank 0's is kept
+        for row in rows:
+            self.end_epoch(row, model)
+        if ctx.dist.is_main:
+            rd.write_metrics_csv(self.run / "metrics.csv", state.history)
+        budget.restart_clock()
+        state.epoch, state.step = self.n_frozen + 1, 0
+        self.checkpoint()
+        for row in rows if self.hooks else []:
+            self.hooks("on_epoch_end", dict(row))
+        if budget.enabled and state.planned_epochs > self.n_frozen and budget.left() <= 0:
+            state.planned_epochs = self.n_frozen
+            reason = f"time budget of {cfg.time_budget:g}s reached after the frozen phase"
+            self.progress.print(reason)
+            return reason
+        return None
+
+    def epoch(self) -> str | None:
+        """Train, validate, re-plan and checkpoint one epoch; returns why training stops after it, if it does."""
+        ctx, cfg, state, budget, steps, n_frozen = self.ctx, self.cfg, self.state, self.budget, self.steps, self.n_frozen
+        epoch = self.view.epoch = state.epoch
+        self.view.step = state.step
+        self.hooks("on_epoch_start")
+        self.progress.start_epoch(epoch, state.planned_epochs, steps, state.step)
+        stats = train_one_epoch(ctx, self.reader, state, steps, lambda s: self.schedule.factor((epoch - 1 - n_frozen) * steps + s),
+                                self.stops, self.after_batch, self.checkpoint_due if self.every.enabled else None)
+        scored = ctx.ema.module if ctx.ema else ctx.model
+        row = _epoch_row(epoch, ctx.dist.reduce_stats(stats), ctx.optimizer, scored, self.val, ctx.norm, ctx.device, ctx.precision,
+                         ctx.dist, budget, self.n_test, self.test_passes)
+        self.end_epoch(row, scored)
+        self.write_metrics()
+        self.schedule.epoch_end(row["val_loss"])
+        reason = None
+        if budget.enabled:
+            state.planned_epochs = budget.after_epoch(epoch, state.planned_epochs)
+            self.schedule.total_steps = max(1, state.planned_epochs - n_frozen) * steps
+            if state.planned_epochs <= epoch < cfg.epochs:
+                reason = f"time budget of {cfg.time_budget:g}s reached"
+        # early stopping counts unfrozen epochs only: the frozen phase's best is where fine-tuning starts from
+        if cfg.patience and self.val is not None and epoch - max(state.best["epoch"], n_frozen) >= cfg.patience:
+            reason = (f"early stopping: no better val accuracy for {cfg.patience} epochs "
+                      f"(best {state.best['accuracy']:.1%} at epoch {state.best['epoch']})")
+        state.epoch, state.step, state.partial = epoch + 1, 0, None
+        self.checkpoint()
+        self.every.restart()
+        self.hooks("on_epoch_end", dict(row))  # after the checkpoint: a StopTraining here leaves a resumable run
+        reason = self.view.stop_reason or reason
+        if reason:
+            self.progress.print(reason)
+        return reason
+
+    def leave(self, e: BaseException, run_info: dict) -> BaseException | None:
+        """On a stop or an error: save what resumes exactly, mark run.json, and return the exception to raise instead
+        (None: re-raise `e`). Further signals while saving are noted, not obeyed."""
+        dist, main = self.ctx.dist, self.ctx.dist.is_main
+        lost = dist.lost_contact(e, self.run) if isinstance(e, (CnnlabError, RuntimeError)) else None  # another rank died or hung
+        if isinstance(e, RuntimeError) and lost is None and not isinstance(e, CnnlabError):
+            return None  # a bug: its own traceback
+        self.stops.saving = True
+        self.progress.stop()
+        if isinstance(e, (Interrupted, KeyboardInterrupt)):
+            if isinstance(e, StopAtBoundary):  # between batches: the state here resumes exactly
+                self.state.partial = dist.reduce_stats(self.state.partial)
+                self.checkpoint()
+            run_outputs.write_status(run_info, "interrupted", self.run, main)
+            return _interrupted(e, self.run, dist)
+        run_outputs.write_status(run_info, "stopped" if isinstance(e, StopTraining) else "failed", self.run, main)
+        return lost
 
 
 class _EpochEndFunction(Callback):
