@@ -72,7 +72,7 @@ def default_space(fixed: dict[str, Any] | None = None) -> dict[str, Param]:
             "backbone_lr": Param("backbone_lr", low=0.01, high=0.5, log=True),
             "freeze_epochs": Param("freeze_epochs", low=1, high=3),
             "weight_decay": Param("weight_decay", low=1e-4, high=1e-1, log=True),
-            "augment": Param("augment", choices=("none", "light", "standard")),
+            "augment": Param("augment", choices=("none", "light", "standard", "trivialaugment")),
             "epochs": Param("epochs", low=3, high=6),
         }
         if "time_budget" in fixed or "epochs" in fixed:
@@ -86,7 +86,7 @@ def default_space(fixed: dict[str, Any] | None = None) -> dict[str, Param]:
         "lr": Param("lr", low=1e-4, high=1e-2, log=True),
         "batch_size": Param("batch_size", choices=(32, 64, 128)),
         "weight_decay": Param("weight_decay", low=1e-5, high=1e-1, log=True),
-        "augment": Param("augment", choices=("none", "light", "standard", "strong")),
+        "augment": Param("augment", choices=("none", "light", "standard", "strong", "randaugment", "trivialaugment")),
         "epochs": Param("epochs", low=2, high=10),
     }
     if "time_budget" in fixed or "epochs" in fixed:
