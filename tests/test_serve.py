@@ -191,6 +191,9 @@ def test_every_limit_has_its_status(torch_server, images32):
     four = [("file", (f"{i}.png", png_bytes(x[i]), "image/png")) for i in range(4)]
     r = httpx.post(u, files=four)
     assert r.status_code == 400 and "limit is 3" in r.json()["detail"]
+    forty = [("file", (f"{i}.png", png_bytes(x[i % 4]), "image/png")) for i in range(40)]  # far past the limit: still counted
+    r = httpx.post(u, files=forty)
+    assert r.status_code == 400 and r.json()["detail"] == "40 images in one request; the limit is 3"
     r = httpx.post(u, data={"note": "no file"}, files=[])
     assert r.status_code in (400, 415)
     r = httpx.post(u, content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"})
@@ -343,6 +346,40 @@ def test_serve_cli_errors(cli, tmp_path):
     assert_clean_error(cli("serve", tmp_path, "--max-batch", "0"), "--max-batch")
     assert_clean_error(cli("serve", tmp_path, "--port", "70000"), "--port")
     assert_clean_error(cli("serve", tmp_path, "--decode-threads", "-1"), "--decode-threads")
+
+
+@pytest.mark.parametrize("flag, value, needles", [
+    ("--max-upload-mb", "-1", ["--max-upload-mb", "above 0", "-1"]),
+    ("--max-upload-mb", "inf", ["--max-upload-mb", "above 0"]),
+    ("--port", "-1", ["--port", "0 to 65535"]),
+    ("--workers", "0", ["--workers", "at least 1"]),
+    ("--max-queue", "0", ["--max-queue", "at least 1"]),
+    ("--max-connections", "0", ["--max-connections", "at least 1"]),
+    ("--max-images-per-request", "0", ["--max-images-per-request", "at least 1"]),
+    ("--max-delay-ms", "-1", ["--max-delay-ms", "from 0 to 60000 milliseconds"]),
+    ("--timeout-s", "nan", ["--timeout-s", "above 0 and at most 86400 seconds", "nan"]),
+    ("--body-timeout-s", "0", ["--body-timeout-s", "above 0"]),
+    ("--header-timeout-s", "-2", ["--header-timeout-s", "above 0"]),
+    ("--keep-alive-timeout-s", "1e9", ["--keep-alive-timeout-s", "at most 86400"]),
+])
+def test_serve_numeric_flags_name_themselves_and_their_range(cli, tmp_path, flag, value, needles):
+    """Checked before the model loads: one line naming the flag as typed, the valid range and the value, exit 2."""
+    assert_clean_error(cli("serve", tmp_path / "nope", flag, value), *needles)
+
+
+def test_every_serve_config_field_is_a_flag_of_the_same_name():
+    """So a message naming `--<field>` names a real flag, and the CLI can set every limit."""
+    import argparse
+    import dataclasses
+
+    from cnnlab.cli import build_parser
+    from cnnlab.cli.serve import _CONFIG_FLAGS
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    options = {o for action in subparsers.choices["serve"]._actions for o in action.option_strings}
+    fields = {f.name for f in dataclasses.fields(ServeConfig)} - {"model", "max_upload_bytes"}
+    assert fields == set(_CONFIG_FLAGS)
+    assert {"--" + name.replace("_", "-") for name in fields} | {"--max-upload-mb"} <= options
 
 
 def test_serve_command_starts_a_real_server(trained_run, tmp_path):

@@ -8,7 +8,9 @@ Limits (each answered before any work is done where possible):
   body over `max_upload_bytes` -> 413 · content type not multipart/image -> 415 · not an image, corrupt,
   too many decoded pixels -> 400 with the reason · more images than `max_images_per_request` -> 400 ·
   queue full -> 503 + Retry-After · no answer within `timeout_s` -> 504 · body not received within
-  `body_timeout_s` -> 408.
+  `body_timeout_s` -> 408. Per connection (serve.connections, under `serve`): headers not received within
+  `header_timeout_s` -> 408 and close · idle for `keep_alive_timeout_s` -> closed · more than
+  `max_connections` open -> 503 + Retry-After.
 Models load from local files only (never from URLs).
 """
 
@@ -18,6 +20,7 @@ import asyncio
 import base64
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -38,6 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cnnlab._version import __version__
 from cnnlab.data import images as image_io
+from cnnlab.engine.multilabel import is_multi_label, thresholds_of
 from cnnlab.engine.predictor import Classifier
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.export.runtime import ExportedModel, exported_model_file, load_exported
@@ -46,6 +50,7 @@ from cnnlab.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from cnnlab.serve.metrics import MULTIPROC_ENV, ServerMetrics
 
 RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
+COUNTED_FILES = 1024  # multipart file parts counted for the "N images; the limit is M" answer
 
 
 @dataclass
@@ -60,24 +65,33 @@ class ServeConfig:
     max_images_per_request: int = 32
     timeout_s: float = 10.0  # waiting for the model (504 beyond)
     body_timeout_s: float = 30.0  # receiving the request body (408 beyond)
+    header_timeout_s: float = 10.0  # receiving a request's line and headers, in total (408 and close beyond; see serve.connections)
+    keep_alive_timeout_s: float = 5.0  # an idle connection between requests is closed after this
+    max_connections: int = 512  # open connections per worker process; a request beyond -> 503
     top_k: int = 5
     threads: int = 0  # intra-op threads of the backend; 0 = automatic (with_thread_defaults; create_app alone: the backend's default)
     decode_threads: int = 0  # threads decoding uploads off the event loop; 0 = one per core
     ort_chunk: int = 4  # images per onnxruntime call inside one dynamic batch
 
     def validate(self) -> "ServeConfig":
+        """Each bad value is one ConfigError naming its `cnnlab serve` flag (the field's name) and the valid range."""
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(self.model)):
             raise ConfigError(f"{self.model}: serve loads local model files only, never URLs — download it yourself and pass the path")
         if self.backend not in ("onnxruntime", "torch"):
             raise ConfigError(f"--backend {self.backend!r}: choose onnxruntime or torch")
-        for name in ("max_batch", "max_queue", "max_upload_bytes", "max_pixels", "max_images_per_request", "top_k", "ort_chunk"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("threads", "decode_threads"):
-            if int(getattr(self, name)) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be 0 (automatic) or more, got {getattr(self, name)}")
-        if self.max_delay_ms < 0 or self.timeout_s <= 0 or self.body_timeout_s <= 0:
-            raise ConfigError("--max-delay-ms must be >= 0, --timeout-s and --body-timeout-s > 0")
+        for name, lowest in _WHOLE_NUMBER_FIELDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < lowest:
+                rule = "0 (automatic) or more" if lowest == 0 else f"a whole number of at least {lowest}"
+                raise ConfigError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
+        if not isinstance(self.max_upload_bytes, int) or self.max_upload_bytes < 1:
+            raise ConfigError(f"--max-upload-mb must be a number of MiB above 0, got max_upload_bytes={self.max_upload_bytes!r}")
+        for name, (low, low_allowed, high, unit) in _NUMBER_FIELDS.items():
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or value > high or value < low or (value == low and not low_allowed):
+                rule = f"from {low:g} to {high:g}" if low_allowed else f"above {low:g} and at most {high:g}"
+                raise ConfigError(f"--{name.replace('_', '-')} must be {rule} {unit}, got {value!r}")
         return self
 
     def with_thread_defaults(self, workers: int = 1) -> "ServeConfig":
@@ -93,6 +107,15 @@ class ServeConfig:
         cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
         per_worker = max(1, cores // max(1, workers))
         return replace(self, threads=self.threads or max(1, per_worker // 2), decode_threads=self.decode_threads or per_worker)
+
+
+# the lowest value of each whole-number field; `threads`/`decode_threads` 0 means automatic
+_WHOLE_NUMBER_FIELDS = {"max_batch": 1, "max_queue": 1, "max_pixels": 1, "max_images_per_request": 1, "top_k": 1, "ort_chunk": 1,
+                        "max_connections": 1, "threads": 0, "decode_threads": 0}
+# (lowest, whether the lowest itself is allowed, highest, unit); a day bounds the timeouts (huge ones overflow event-loop timers)
+_NUMBER_FIELDS = {"max_delay_ms": (0, True, 60_000, "milliseconds"), "timeout_s": (0, False, 86_400, "seconds"),
+                  "body_timeout_s": (0, False, 86_400, "seconds"), "header_timeout_s": (0, False, 86_400, "seconds"),
+                  "keep_alive_timeout_s": (0, False, 86_400, "seconds")}
 
 
 # ------------------------------------------------------------------ backends
@@ -234,12 +257,18 @@ async def read_uploads(request: Request, cfg: ServeConfig, max_count: int) -> li
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     files: list[tuple[str, bytes]] = []
     if ctype == "multipart/form-data":
+        # Parse up to many more files than allowed, so a request over the limit is told how many it sent
+        # (the body is within max_upload_bytes already); past that bound it is told "more than".
+        counted = max(max_count + 1, COUNTED_FILES)
         try:
-            form = await request.form(max_files=max_count + 1, max_fields=max_count + 8, max_part_size=cfg.max_upload_bytes)
+            form = await request.form(max_files=counted, max_fields=max_count + 8, max_part_size=cfg.max_upload_bytes)
         except HTTPException:
             raise
-        except Exception as e:
-            raise HTTPException(400, f"malformed multipart body ({type(e).__name__})") from None
+        except Exception as e:  # starlette's own HTTPException (400) carries the parser's reason
+            reason = getattr(e, "detail", None) or type(e).__name__
+            if str(reason).startswith("Too many files"):
+                raise HTTPException(400, f"more than {counted} images in one request; the limit is {max_count}") from None
+            raise HTTPException(400, f"malformed multipart body ({reason})") from None
         for key, value in form.multi_items():
             if hasattr(value, "read"):
                 files.append((value.filename or key, await value.read()))
@@ -497,7 +526,11 @@ def create_app(cfg: ServeConfig, clf: Classifier | ExportedModel | None = None, 
         return {"name": clf.meta["model"], "classes": clf.class_names, "input_shape": {"channels": c, "height": h, "width": w},
                 "version": model_version, "backend": backend_name, "format": model_format[0], "precision": model_format[1],
                 "max_batch": cfg.max_batch,
-                "max_upload_bytes": cfg.max_upload_bytes, "max_images_per_request": cfg.max_images_per_request}
+                "max_upload_bytes": cfg.max_upload_bytes, "max_images_per_request": cfg.max_images_per_request,
+                "timeout_s": cfg.timeout_s, "body_timeout_s": cfg.body_timeout_s, "header_timeout_s": cfg.header_timeout_s,
+                "keep_alive_timeout_s": cfg.keep_alive_timeout_s, "max_connections": cfg.max_connections,
+                **({"task": "multi_label", "thresholds": dict(zip(clf.class_names, thresholds_of(clf.meta).tolist()))}
+                   if is_multi_label(clf.meta) else {})}  # multi-label: /v1/predict lists every label at or above its threshold
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:
@@ -579,28 +612,45 @@ def app_from_env():
     return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])), metrics_dir=os.environ[MULTIPROC_ENV])
 
 
-def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_level: str = "warning", app=None) -> None:
+def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_level: str = "warning", app=None,
+          announce=None) -> None:
     """Run the service under uvicorn (uvloop and httptools when installed); `app` if already built from `cfg`.
 
+    In this order, so that each failure is one clear error and nothing claims to serve too early: load
+    and check the model (a bad file fails before anything is bound; each worker loads its own copy
+    later), bind host:port (in use -> ConfigError), listen, call `announce(url)` (port 0: the port the
+    system picked), serve until stopped. Connections get the limits of serve.connections (header
+    deadline, keep-alive timeout, connection cap).
     With several workers, their metrics go to a fresh temp folder made here before they start (their
     prometheus_client reads PROMETHEUS_MULTIPROC_DIR when imported) and removed when the server stops.
     """
-    import uvicorn
+    from cnnlab.serve.connections import bind_listener, listen_url, run_uvicorn, uvicorn_config
 
-    cfg = cfg.with_thread_defaults(workers)
+    cfg = cfg.with_thread_defaults(workers).validate()
+    limits = dict(header_timeout_s=cfg.header_timeout_s, keep_alive_timeout_s=cfg.keep_alive_timeout_s, max_connections=cfg.max_connections)
     if workers > 1:
-        metrics_dir = tempfile.mkdtemp(prefix="cnnlab-metrics-")
-        saved = {k: os.environ.get(k) for k in (CONFIG_ENV, MULTIPROC_ENV)}
-        os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
-        os.environ[MULTIPROC_ENV] = metrics_dir
-        try:
-            uvicorn.run("cnnlab.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level)
-        finally:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        load_model(cfg)
+        config = uvicorn_config("cnnlab.serve.app:app_from_env", factory=True, workers=workers, log_level=log_level, **limits)
     else:
-        uvicorn.run(app if app is not None else create_app(cfg), host=host, port=port, log_level=log_level)
+        config = uvicorn_config(app if app is not None else create_app(cfg), log_level=log_level, **limits)
+    sock = bind_listener(host, port)
+    metrics_dir, saved = None, {}
+    try:
+        if workers > 1:
+            metrics_dir = tempfile.mkdtemp(prefix="cnnlab-metrics-")
+            saved = {k: os.environ.get(k) for k in (CONFIG_ENV, MULTIPROC_ENV)}
+            os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
+            os.environ[MULTIPROC_ENV] = metrics_dir
+        url = listen_url(sock)
+        if announce is not None:
+            announce(url)
+        run_uvicorn(config, sock)
+    finally:
+        sock.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
