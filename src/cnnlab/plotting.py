@@ -8,9 +8,11 @@ returns: insight/notebook.py); its `save_*` twin saves that figure as a PNG and 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -31,10 +33,78 @@ class InlineFigure(Figure):
 
     Jupyter's matplotlib formatter is registered only once pyplot has loaded the inline backend, so the figure
     also renders itself (`_repr_png_`); with the formatter present IPython uses that one — one image either way.
+    Text in scripts the default font lacks (class names in Chinese, say) is drawn with an installed font that has
+    them (`drawable_text`), and quietly as boxes where none has.
     """
 
     def _repr_png_(self) -> bytes:
         return figure_png(self)
+
+    def tight_layout(self, *args, **kwargs):
+        with drawable_text(self):
+            return super().tight_layout(*args, **kwargs)
+
+    def draw(self, renderer):
+        with drawable_text(self):
+            return super().draw(renderer)
+
+
+_codepoints_of: dict[str, frozenset[int]] = {}  # font file -> the characters it has
+_families_for: dict[frozenset[int], list[str] | None] = {}
+
+
+def _codepoints(path: str) -> frozenset[int]:
+    if path not in _codepoints_of:
+        from matplotlib.ft2font import FT2Font
+
+        try:
+            _codepoints_of[path] = frozenset(FT2Font(path).get_charmap())
+        except (OSError, RuntimeError, ValueError):  # an unreadable font file is no candidate
+            _codepoints_of[path] = frozenset()
+    return _codepoints_of[path]
+
+
+def font_families(text: str) -> list[str] | None:
+    """The font.family list that draws every character of `text` some installed font has: the configured families,
+    then (matplotlib falls back along the list per glyph) installed fonts that have what those lack — CJK, Thai ...
+    None when the configured font has every character. Looked up once per set of characters."""
+    from matplotlib import font_manager
+
+    chars = frozenset(ord(c) for c in text if ord(c) > 127 and not c.isspace())
+    if not chars:
+        return None
+    if chars not in _families_for:
+        families = list(matplotlib.rcParams["font.family"])
+        missing = chars - _codepoints(font_manager.findfont(font_manager.FontProperties(family=families)))
+        extra: list[str] = []
+        # "Last Resort" (bundled with matplotlib) draws a placeholder for every character: no better than a box
+        for entry in sorted(font_manager.fontManager.ttflist, key=lambda f: (f.name, f.fname)):
+            if not missing:
+                break
+            if entry.name in extra or entry.name in families or entry.name.startswith("Last Resort"):
+                continue
+            found = missing & _codepoints(entry.fname)
+            if found:
+                extra.append(entry.name)
+                missing -= found
+        _families_for[chars] = families + extra if extra else None
+    return _families_for[chars]
+
+
+@contextlib.contextmanager
+def drawable_text(fig):
+    """Give the figure's texts with characters the default font lacks a font list that has them, and keep
+    matplotlib's "Glyph … missing" warnings for characters no installed font has off the console."""
+    from matplotlib.text import Text
+
+    texts = [t for t in fig.findobj(Text) if any(ord(c) > 127 for c in t.get_text())]
+    families = font_families("".join(t.get_text() for t in texts)) if texts else None
+    if families:
+        for t in texts:
+            t.set_fontfamily(families)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")
+        yield
 
 
 def new_figure(rows: int = 1, cols: int = 1, figsize: tuple[float, float] = (6.4, 4.8), **subplot_kw):
@@ -66,7 +136,7 @@ def save_figure(fig, path: str | Path) -> Path:
     """Write `fig` as a PNG atomically (creating the folder) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, drawable_text(fig):  # (pyplot figures too: InlineFigure does this itself)
         fig.savefig(tmp, format="png", dpi=PNG_DPI, bbox_inches="tight")
     plt.close(fig)  # a pyplot figure (other modules draw with plt.subplots); an InlineFigure has nothing to close
     return path

@@ -7,11 +7,13 @@ Light on purpose: `cnnlab --help` imports this and nothing heavier than cnnlab.c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
 import types
 import typing
+import warnings
 from typing import Any
 
 from cnnlab.config import DataOptions
@@ -137,9 +139,14 @@ def need_data(args: argparse.Namespace) -> str:
 
 
 def print_notes(ds) -> None:
-    """What loading noticed (rows whose file is missing, unlabelled images, folders beside the splits): on stderr."""
+    """What loading noticed (rows whose file is missing, unlabelled images, folders beside the splits, images skipped as
+    unreadable): on stderr."""
     for note in getattr(ds, "notes", None) or []:
         print(note, file=sys.stderr)
+    bad = getattr(ds, "bad_files", None) or []
+    if bad:  # skipped up to --max-bad-fraction: the results leave them out, so say so
+        print(f"warning: skipped {len(bad)} unreadable image(s) (first: {bad[0][0]}: {bad[0][1]}) — `cnnlab data check {ds.spec}` lists"
+              " them all", file=sys.stderr)
 
 
 # The optional parts of cnnlab (pyproject's extras) and the packages they bring: a command that meets one missing
@@ -158,16 +165,50 @@ def missing_extra(e: ModuleNotFoundError) -> str | None:
     return next((extra for extra, modules in EXTRAS.items() if top in modules), None)
 
 
+def allocation_text(message: str) -> str:
+    """' (could not allocate 5.2 GiB)' from an allocator's message (torch's CPU and CUDA wordings), else ''."""
+    import re
+
+    m = re.search(r"tried to allocate (\d+) bytes", message, re.I)
+    if m:
+        return f" (could not allocate {int(m.group(1)) / 2**30:.1f} GiB)"
+    m = re.search(r"tried to allocate ([\d.]+ [KMGT]i?B)", message, re.I)
+    return f" (could not allocate {m.group(1)})" if m else ""
+
+
+@contextlib.contextmanager
+def console_warnings():
+    """What a command's console shows of Python warnings: cnnlab's own UserWarnings, as `warning: MESSAGE` lines.
+    Libraries' warnings (torch's notes on pickle protocols, matplotlib's missing glyphs, deprecations) are about our code,
+    not the user's input, so they stay off the console; `python -W ...`, PYTHONWARNINGS or CNNLAB_DEBUG=1 show them all."""
+    if sys.warnoptions or os.environ.get("CNNLAB_DEBUG"):
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.filterwarnings("default", category=UserWarning, module=r"cnnlab(\.|$)")
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from")  # matplotlib's, attributed to our drawing code
+        warnings.showwarning = _one_line_warning
+        yield
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def run(handler, args: argparse.Namespace) -> int:
-    """Call handler(args): bad input is one line on stderr and its exit code (2), Ctrl-C exit 130, a bug exit 1."""
+    """Call handler(args): bad input is one line on stderr and its exit code (2), Ctrl-C exit 130 (a SIGTERM turned into
+    an interrupt: 143), a bug exit 1. Warnings are cnnlab's own only, one line each (console_warnings)."""
     try:
-        return handler(args) or 0
+        with console_warnings():
+            return handler(args) or 0
     except CnnlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        name, number = e.args if len(e.args) == 2 and isinstance(e.args[1], int) else ("", 2)  # engine.signals.Signalled
+        print(f"interrupted ({name})" if name else "interrupted", file=sys.stderr)
+        return 128 + number
     except Exception as e:  # a bug, not bad input: say so in one line, traceback only on request
         extra = missing_extra(e) if isinstance(e, ModuleNotFoundError) else None
         if extra is not None:  # an optional part that is not installed: which pip install adds it
@@ -176,8 +217,7 @@ def run(handler, args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
         if isinstance(e, MemoryError) or "can't allocate memory" in str(e) or "out of memory" in str(e).lower():
-            detail = str(e).strip().splitlines()[0][:100] if str(e).strip() else "MemoryError"
-            print(f"error: out of memory ({detail}) — choose a smaller --image-size or --batch-size", file=sys.stderr)
+            print(f"error: out of memory{allocation_text(str(e))} — choose a smaller --image-size or --batch-size", file=sys.stderr)
             return 2
         if os.environ.get("CNNLAB_DEBUG"):
             raise

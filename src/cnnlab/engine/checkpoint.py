@@ -6,7 +6,9 @@ and nothing is ever unpickled as code. Written atomically: a kill mid-write leav
 
 from __future__ import annotations
 
+import pickle
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,13 @@ import torch
 
 from cnnlab.engine.distributed import Context, is_main_process
 from cnnlab.engine.io import as_os_error, atomic_path
+from cnnlab.engine.run_dir import RunFolder
 from cnnlab.config import parse_checkpoint_every
 from cnnlab.errors import CnnlabError
 
 CKPT_FORMAT = "cnnlab-ckpt-1"
+# run.json fields a resumed run carries on: when it started, its timings, and how often it was resumed before
+CARRIED_RUN_INFO = ("started", "seconds", "resumed")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -41,7 +46,7 @@ class TrainState:
     best: dict = field(default_factory=lambda: {"accuracy": -1.0, "epoch": 0})
     best_weights: dict | None = None  # the weights of the best val-accuracy epoch so far
     planned_epochs: int = 0
-    run_info: dict = field(default_factory=dict)  # "started", "seconds" carry over to the resumed run's run.json
+    run_info: dict = field(default_factory=dict)  # CARRIED_RUN_INFO carries over to the resumed run's run.json
 
 
 def capture_state(state: TrainState, model, optimizer, schedule, ema, rng_states: list[torch.Tensor], distributed: bool,
@@ -53,7 +58,7 @@ def capture_state(state: TrainState, model, optimizer, schedule, ema, rng_states
         "epoch": state.epoch, "step": state.step, "partial": state.partial, "history": state.history,
         "schedule": schedule.state_dict(), "planned_epochs": state.planned_epochs, "best": state.best,
         "ema": ema.state_dict() if ema is not None else None, "best_weights": state.best_weights,
-        "config": config, "run_info": {k: state.run_info[k] for k in ("started", "seconds")},
+        "config": config, "run_info": {k: state.run_info[k] for k in CARRIED_RUN_INFO if k in state.run_info},
         "grad_scaler": scaler.state_dict() if scaler is not None else None,  # fp16: the loss scale and its growth tracker
     }
 
@@ -75,7 +80,7 @@ def restore_state(ckpt: dict[str, Any], model, optimizer, schedule, ema, dist: C
     state = TrainState(epoch=ckpt["epoch"], step=ckpt["step"], history=list(ckpt["history"]), planned_epochs=planned,
                        partial=ckpt.get("partial") if dist.is_main else None,  # saved summed over ranks: rank 0 carries it on
                        best_weights=ckpt.get("best_weights"),
-                       run_info={k: v for k, v in ckpt.get("run_info", {}).items() if k in ("started", "seconds")})
+                       run_info={k: v for k, v in ckpt.get("run_info", {}).items() if k in CARRIED_RUN_INFO})
     if ckpt.get("best"):
         state.best = dict(ckpt["best"])
     return state
@@ -116,14 +121,37 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise CnnlabError(f"{p}: no checkpoint to resume from — pass a run folder that holds last.ckpt")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols and weights_only are not for our users
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # any unpickling refusal or damage: never fall back to full pickle
-        raise CnnlabError(f"{p}: unreadable checkpoint ({str(e).splitlines()[0][:120]}) — it is damaged or not from cnnlab") from None
+        raise CnnlabError(f"{p}: unreadable checkpoint — {_why_unreadable(e)}; {_instead(p)}") from None
     if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
-        raise CnnlabError(f"{p}: not a cnnlab checkpoint")
+        raise CnnlabError(f"{p}: not a cnnlab checkpoint (it holds no cnnlab training state); {_instead(p)}")
     if is_main_process():  # in a distributed run rank 0 may already be writing into the folder
         remove_stale_temp_files(p.parent)
     return state
+
+
+def _why_unreadable(e: Exception) -> str:
+    """torch.load's refusal in our words (its own messages run to paragraphs of advice to unpickle anyway)."""
+    if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e).lower():
+        return "it holds Python objects besides tensors (a pickle, which could run code when loaded), and cnnlab loads tensors only"
+    if isinstance(e, OSError):
+        return f"it cannot be read ({e.strerror or e.__class__.__name__})"
+    return "it is damaged (cut short or overwritten) or not a PyTorch file"
+
+
+def _instead(p: Path) -> str:
+    """What to do when a run's checkpoint cannot be used: start the run again (its config.yaml says how)."""
+    from cnnlab.engine.kfold import fold_of  # (here: kfold imports this module)
+
+    run = RunFolder(p.parent)
+    if (fold := fold_of(run.path)) is not None:  # a fold without a checkpoint trains again from its start
+        return f"delete it and resume the cross-validation, which trains fold {fold[1]} again: cnnlab train --resume {fold[0]}"
+    if p.name == "last.ckpt" and run.config_yaml.is_file():
+        return f"start the run again with: {run.restart_command()}"
+    return "pass the folder of a run trained by cnnlab"
 
 
 def remove_stale_temp_files(folder: Path) -> list[str]:

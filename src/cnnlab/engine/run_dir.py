@@ -81,6 +81,7 @@ def release(path: str | Path) -> None:
     if fd is not None:
         try:
             os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)  # explicitly: a forked child (a decoding worker) may still share this descriptor
         finally:
             os.close(fd)
 
@@ -223,6 +224,22 @@ class RunFolder:
         if not isinstance(data, dict):
             raise CnnlabError(f"{self.run_json}: not a JSON object — was the file edited by hand?")
         return data
+
+    def restart_command(self) -> str:
+        """The command that starts this run again from the beginning, in this folder, as configured."""
+        import shlex
+
+        return f"cnnlab train --config {shlex.quote(str(self.config_yaml))} --out {shlex.quote(str(self.path))} --overwrite"
+
+    def nothing_to_resume(self) -> str:
+        """Why `--resume` cannot continue this folder (it has no last.ckpt), and what to do instead."""
+        if not self.path.is_dir():
+            return f"{self.path}: no checkpoint to resume from — there is no such run folder; pass the --out folder of an interrupted run"
+        if self.config_yaml.is_file():
+            return (f"{self.path}: no checkpoint to resume from — the run stopped before its first checkpoint was saved, so there"
+                    f" is nothing to continue; start it again with: {self.restart_command()}")
+        return (f"{self.path}: no checkpoint to resume from — the folder holds no run ({LAST_CKPT} and {CONFIG} are missing);"
+                " pass the --out folder of an interrupted run")
 
     @property
     def status(self) -> str | None:

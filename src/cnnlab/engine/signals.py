@@ -60,3 +60,15 @@ class StopRequests:
         """Raise Interrupted if a stop was requested (call between units of work)."""
         if self.names:
             raise Interrupted(self.names[0])
+
+
+class Signalled(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside the training loop's safe points (loading, the final report): raised at once, as Ctrl-C
+    raises KeyboardInterrupt, so whatever is being written says so and the command ends with one line and 128 + signum.
+    args: (signal name, signal number)."""
+
+
+def interrupt_now(signum: int, frame: object) -> None:
+    """A handler for `handling`: turn the signal into Signalled where the program is (SIGTERM would otherwise end the
+    process silently, in the middle of whatever it was writing)."""
+    raise Signalled(signal.Signals(signum).name, signum)
