@@ -71,7 +71,7 @@ def test_class_weights_by_name_weight_the_loss(skewed):
 def test_class_weights_from_the_command_line_reach_the_loss(cli, skewed, tmp_path, monkeypatch):
     seen = []
     real = trainer.train_loss
-    monkeypatch.setattr(trainer, "train_loss", lambda logits, t, w=None: seen.append(w) or real(logits, t, w))
+    monkeypatch.setattr(trainer, "train_loss", lambda logits, t, w=None, **kw: seen.append(w) or real(logits, t, w, **kw))
     r = cli("train", "--data", skewed, *ARGS[:-3], "--epochs", "1", "--class-weights", "minor=5,major=0.5", "--out", tmp_path / "r")
     assert r.code == 0, r
     labels = {round(float(v), 3) for w in seen for v in w}

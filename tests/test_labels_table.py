@@ -416,10 +416,11 @@ def test_label_delim(imgs, tmp_path):
     one_line(e, "t.csv", "label_delim ' ' splits no label", "drop --label-delim")
     with pytest.raises(ConfigError) as e:
         load(imgs, tmp_path / "t.csv", label_delim="")
-    rows[2][1], rows[5][1] = "cat|dog", ""  # multi-label rows: read as label lists; this loader takes one label per image
-    with pytest.raises(ConfigError) as e:
-        load(imgs, write_table(tmp_path / "t.csv", rows), label_delim="|")
-    one_line(e, "t.csv", "2 row(s)", "line 3 'cat dog'", "line 6 (no label)")
+    rows[2][1], rows[5][1] = "cat|dog", ""  # multi-label rows: label sets as multi-hot rows; an empty cell is no label
+    ds = load(imgs, write_table(tmp_path / "t.csv", rows), label_delim="|")
+    assert ds.multi_label and ds.class_names == ["cat", "dog"]
+    assert {Path(p).name: y.tolist() for p, y in zip(ds.train.paths, ds.train.y)} == {
+        "img0.png": [1, 0], "img1.png": [1, 1], "img2.png": [1, 0], "img3.png": [0, 1], "img4.png": [0, 0], "img5.png": [0, 1]}
 
 
 def test_the_reader_returns_label_lists():
@@ -595,14 +596,14 @@ def table_case(draw):
     elif kind == "delim-splits-nothing":
         label_delim = draw(st.sampled_from([" ", "|", ";"]))
         needles = ["splits no label"]
-    elif kind == "multi-label":
+    elif kind == "multi-label":  # that row has two labels: the dataset is multi-label
         rows[row][li] = "cat|dog"
         label_delim = "|"
-        needles = [line, "'cat dog'"]
+        expected[splits[row - 1]][chosen[row - 1]] = "cat dog"
     delimiter = draw(st.sampled_from([",", ";", "\t"]))
     if kind == "multi-label" and delimiter == ";":
         delimiter = ","
-    ok = kind in ("none", "repeat", "missing")
+    ok = kind in ("none", "repeat", "missing", "multi-label")
     return rows, delimiter, label_delim, expected if ok else None, needles, notes, kind
 
 
@@ -622,10 +623,11 @@ def test_fuzzed_tables_load_correctly_or_fail_cleanly(fuzz_root, case, bom, crlf
                 assert n in msg, (kind, n, msg)
             return
     assert expected is not None, (kind, rows)
-    got = {s: {Path(p).relative_to(fuzz_root).as_posix(): ds.class_names[int(y)] for p, y in zip(v.paths, v.y)}
+    got = {s: {Path(p).relative_to(fuzz_root).as_posix(): ds.label_text(y) for p, y in zip(v.paths, v.y)}
            for s, v in ds.splits.items()}
     assert got == expected, kind
-    assert ds.class_names == sorted({lb for d in expected.values() for lb in d.values()})
+    assert ds.multi_label == (kind == "multi-label")
+    assert ds.class_names == sorted({w for d in expected.values() for lb in d.values() for w in lb.split()})
     unnamed = sorted(set(FUZZ_NAMES) - {f for d in expected.values() for f in d})
     assert sorted(Path(p).relative_to(fuzz_root).as_posix() for p in ds.unlabelled_files) == unnamed
     for n in notes:

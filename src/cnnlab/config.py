@@ -179,6 +179,8 @@ class TrainConfig(DataOptions):
     aug_args: dict[str, Any] = option(default_factory=dict, flag="--aug-arg", metavar="OP=VALUE", help="per-op override, e.g. rotate=15 or mixup=0.2")
     tta: bool | None = option(None, help="test-time augmentation for the final test score: each image and its mirror, at the trained size and the"
                                          " test scale when the model has one (default on except seed_cnn)")
+    tune_thresholds: bool = option(False, help="multi-label: choose each class's decision threshold on the validation split to maximise"
+                                               " its F1 (default 0.5 for every class); stored in the model file")  # engine/multilabel.py
     train_size: int | None = option(None, metavar="N", help="train on N x N random crops of the --image-size images and evaluate the whole"
                                                             " images (global-pool models; default recipe on folders: chosen with the image size)")
     test_scale: float | None = option(None, metavar="F", help="enlarge inputs F times in eval mode (global-pool models; default: matched to --aug's"

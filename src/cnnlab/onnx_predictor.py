@@ -4,7 +4,8 @@ Importing torch costs ~1-2 s of a predict command's start-up; an exported model 
 class names and input conventions in its JSON sidecar) needs only numpy, Pillow and onnxruntime. `cnnlab predict
 RUN images...` uses it when RUN/model.onnx is there and not older than the model file (`--backend torch` opts out,
 `--backend onnxruntime` insists). The images are decoded and fitted exactly as for the PyTorch model
-(data/images.load_image); the answers agree with it to the export's checked tolerance.
+(data/images.load_image); the answers agree with it to the export's checked tolerance. A multi-label export's
+sidecar carries the per-class thresholds, so the answer lists the same labels as the PyTorch model's.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class OnnxClassifier:
             self.input_shape = (int(c), int(h), int(w))
             self.resize = info["input"].get("resize") or "squash"
             self.input_name = info["input"].get("name", "images")
+            # multi-label: a label is predicted at or above its threshold (as Classifier.describe)
+            self.thresholds = np.asarray(info["thresholds"], dtype=np.float64) if info.get("task") == "multi_label" else None
+            if self.thresholds is not None and len(self.thresholds) != len(self.class_names):
+                raise ValueError("thresholds")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ModelError(f"{sidecar}: unreadable export description ({e.__class__.__name__}) — export the model again:"
                              f" cnnlab export RUN --format onnx") from None
@@ -70,7 +75,7 @@ class OnnxClassifier:
         return self.session.run(["probabilities"], {self.input_name: np.ascontiguousarray(x, dtype=np.uint8)})[0]
 
     def predict_files(self, paths: list[str | Path], top_k: int = 5) -> list[dict]:
-        return prediction.predict_files(paths, self.load_image, self.predict_proba, self.class_names, top_k)
+        return prediction.predict_files(paths, self.load_image, self.predict_proba, self.class_names, top_k, self.thresholds)
 
 
 def predictor_for(run_or_model: str | Path, backend: str, tta: bool) -> OnnxClassifier | None:

@@ -67,6 +67,8 @@ def print_evaluation(res: dict) -> None:
     def f(v) -> str:
         return "-" if v is None else f"{v:.4f}"
 
+    if res.get("task") == "multi_label":
+        return print_multi_label_evaluation(res, f)
     print(f"{res['split']}: loss {f(res['loss'])}  accuracy {f(res['accuracy'])}  ({res['n']} images)")
     extra = [f"top-{k} accuracy {v:.4f}" for k, v in res.get("top_k_accuracy", {}).items()]
     extra.append(f"ROC-AUC {f(res.get('roc_auc'))}")
@@ -85,6 +87,39 @@ def print_evaluation(res: dict) -> None:
         print("most confused: " + ", ".join(f"{p['true']} → {p['predicted']} ({p['count']})" for p in res["most_confused"][:5]))
     for name, path in (res.get("plots") or {}).items():
         print(f"saved {path}")
+
+
+def print_multi_label_evaluation(res: dict, f) -> None:
+    """A multi-label model's evaluation: per-class precision/recall/F1/AP at each class's threshold, micro/macro, mAP."""
+    from rich.console import Console
+    from rich.table import Table
+
+    print(f"{res['split']}: loss {f(res['loss'])}  mAP {f(res['map'])}  micro-F1 {f(res['micro_avg']['f1'])}  macro-F1"
+          f" {f(res['macro_avg']['f1'])}  ({res['n']} images)")
+    print(f"accuracy per label {f(res['accuracy'])}  exact match {f(res['exact_match'])}  labels per image: true"
+          f" {f(res['labels_per_image']['true'])}, predicted {f(res['labels_per_image']['predicted'])}")
+    t = Table()
+    for col in ("class", "precision", "recall", "f1", "AP", "support", "predicted", "threshold"):
+        t.add_column(col, justify="left" if col == "class" else "right")
+    for r in res["per_class"]:
+        t.add_row(r["class"], f(r["precision"]), f(r["recall"]), f(r["f1"]), f(r["average_precision"]), str(r["support"]),
+                  str(r["predicted"]), f"{r['threshold']:.3f}")
+    for name in ("micro_avg", "macro_avg"):
+        a = res[name]
+        t.add_row(name.replace("_", " "), f(a["precision"]), f(a["recall"]), f(a["f1"]), f(res["map"]) if name == "macro_avg" else "", "", "", "")
+    Console(width=110).print(t)
+    for name, path in (res.get("plots") or {}).items():
+        print(f"saved {path}")
+
+
+def prediction_line(r: dict) -> str:
+    """One image's prediction in words: the class and its probability with the runners-up; multi-label: every label
+    at or above its threshold."""
+    if "labels" in r:
+        labels = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["labels"]) or "no label above its threshold"
+        return f"{r['path']}: {labels}"
+    alts = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top_k"][1:])
+    return f"{r['path']}: {r['class']} ({r['probability']:.1%})" + (f"  [{alts}]" if alts else "")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -109,8 +144,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         for r in results:
             if "error" not in r:
-                alts = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in r["top_k"][1:])
-                print(f"{r['path']}: {r['class']} ({r['probability']:.1%})" + (f"  [{alts}]" if alts else ""))
+                print(prediction_line(r))
     for r in failed:
         print(f"error: {r['error']}", file=sys.stderr)
     return 2 if failed else 0
@@ -129,15 +163,19 @@ def _predict_random(args: argparse.Namespace, clf) -> int:
     s = ds.split(split)
     i = int(np.random.default_rng(args.seed).integers(len(s)))
     res = clf.describe(clf.predict_proba(s.x[i : i + 1], tta=args.tta)[0], args.top_k)
-    truth = ds.class_names[int(s.y[i])]
-    ok = res["class"] == truth
+    truth = ds.label_text(s.y[i])
+    if "labels" in res:  # multi-label: right when the predicted label set is exactly the true one
+        ok = set(res["class"].split()) == {c for c, v in zip(ds.class_names, s.y[i]) if v}
+        shown = res["class"] or "(no label)"
+    else:
+        ok = res["class"] == truth
+        shown = f"{res['class']} ({res['probability']:.1%})"
     out = Path(args.out or "prediction.png")
-    plots.save_image(s.x[i], f"predicted: {res['class']} ({res['probability']:.1%})\ntrue: {truth}", out,
-                     plots.OK_COLOUR if ok else plots.WRONG_COLOUR)
+    plots.save_image(s.x[i], f"predicted: {shown}\ntrue: {truth}", out, plots.OK_COLOUR if ok else plots.WRONG_COLOUR)
     record = {"split": split, "index": i, **({"path": s.paths[i]} if s.paths else {}), **res, "truth": truth, "correct": ok, "image": str(out)}
     if args.json:
         print(json.dumps(record))
     else:
-        print(f"{split} image #{i}: predicted {res['class']} ({res['probability']:.1%}), true {truth} — {'right' if ok else 'wrong'}")
+        print(f"{split} image #{i}: predicted {shown}, true {truth} — {'right' if ok else 'wrong'}")
         print(f"saved {out}")
     return 0

@@ -53,7 +53,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"{result['runtime']} vs PyTorch: max abs diff {result['max_abs_diff']:.2e} (limit {result['tolerance']:g}) "
               f"on batch sizes {', '.join(map(str, result['checked_batch_sizes']))}")
     else:
-        line = (f"top-1 agreement with PyTorch: {result['agreement']:.2%} of {result['holdout_images']} held-out images "
+        line = (f"{'label-set' if result.get('agreement_on') == 'label sets' else 'top-1'} agreement with PyTorch: {result['agreement']:.2%} of {result['holdout_images']} held-out images "
                 f"({result['holdout_from']}; floor {result['agreement_floor']:.0%})")
         if "accuracy" in result:
             line += f"; accuracy {result['accuracy']:.2%} (PyTorch {result['torch_accuracy']:.2%})"

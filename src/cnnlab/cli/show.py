@@ -51,13 +51,13 @@ def cmd_show(args: argparse.Namespace) -> int:
             x, titles, preset = augmented_samples(ds, args.augment, dict(args.aug_args), args.train_size, n, args.split, args.seed)
         else:
             idx = rng.choice(len(s), size=min(n, len(s)), replace=False)
-            x, titles = s.x[idx], [ds.class_names[int(v)] for v in s.y[idx]]
+            x, titles = s.x[idx], [ds.label_text(v) for v in s.y[idx]]
         out = plots.save_grid(x, titles, Path(args.out or ("augmented.png" if preset else "samples.png")),
                               suptitle=f"augmented ({preset})" if preset else "")
     else:
         i = int(rng.integers(len(s)))
-        out = plots.save_image(s.x[i], f"{ds.class_names[int(s.y[i])]}  ({args.split} #{i})", Path(args.out or "sample.png"))
-        print(f"{args.split} image #{i}: {ds.class_names[int(s.y[i])]}")
+        out = plots.save_image(s.x[i], f"{ds.label_text(s.y[i])}  ({args.split} #{i})", Path(args.out or "sample.png"))
+        print(f"{args.split} image #{i}: {ds.label_text(s.y[i])}")
     print(f"saved {out}")
     return 0
 

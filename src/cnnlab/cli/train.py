@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cnnlab.cli._common import add_data_options, add_field_options, cli_fields, parse_nproc
@@ -36,6 +37,17 @@ def register(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from cnnlab.engine import launcher, signals
+
+    if launcher.starts_ranks(args.nproc):  # the launcher forwards signals to the ranks it starts
+        return _train(args)
+    # outside the training loop's own handling (loading; the report after the last epoch) SIGTERM interrupts as Ctrl-C
+    # does, so what is being written says so and how to finish it, instead of the process vanishing mid-file
+    with signals.handling(signals.interrupt_now):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
     from cnnlab import api
     from cnnlab.engine import distributed, launcher
 
@@ -63,9 +75,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run folder: {result.run_dir}")
     if (result.run_dir / "report.html").is_file():
         print(f"report: {result.run_dir / 'report.html'} (open it in a browser)")
+    skipped = _lines(result.run_dir / "bad_files.txt")
+    if skipped:  # training went on without them: say so where it is seen, not only in the file
+        print(f"warning: skipped {skipped} unreadable image(s) — {result.run_dir / 'bad_files.txt'} lists each with its reason",
+              file=sys.stderr)
     if result.test:
         print(f"test accuracy: {result.test['accuracy']:.4f} (loss {result.test['loss']:.4f}, {result.test['n']} images)")
+        if "map" in result.test:  # multi-label: accuracy is per label; these say more
+            print(f"test mAP: {result.test['map'] if result.test['map'] is not None else float('nan'):.4f}, micro-F1"
+                  f" {result.test['micro_f1']:.4f}, macro-F1 {result.test['macro_f1']:.4f}, exact match {result.test['exact_match']:.4f}")
     return 0
+
+
+def _lines(path: Path) -> int:
+    try:
+        return sum(1 for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+    except OSError:
+        return 0
 
 
 def _is_cross_validation(path: str) -> bool:

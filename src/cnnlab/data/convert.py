@@ -18,11 +18,14 @@ from PIL import Image
 
 from cnnlab.data import seed_csv
 from cnnlab.data.dataset import Dataset
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError
 
 
 def convert(ds: Dataset, out: str | Path, to: str, overwrite: bool = False) -> dict[str, int]:
     out = Path(out)
+    if ds.multi_label and to != "table":  # a class folder or a labels.csv number holds one class per image
+        raise ConfigError(f"{ds.spec}: has several labels per image — --to {to} holds one class per image; use --to table"
+                          " (one 0/1 column per class)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise CnnlabError(f"{out}: already exists and is not empty — choose another OUT or pass --overwrite")
@@ -74,14 +77,15 @@ def _write_table(ds: Dataset, folder: Path) -> dict[str, int]:
 
     (folder / "images").mkdir()
     written = {}
+    multi = ds.multi_label  # multi-label: one 0/1 column per class (labels_table reads them back)
     with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as f:
         table = csv.writer(f)
-        table.writerow(["file", "label", "split"])
+        table.writerow(["file", *(ds.class_names if multi else ["label"]), "split"])
         for split, s in ds.splits.items():
             for i, (img, label) in enumerate(zip(s.x, s.y)):
                 name = f"images/{split}_{i:06d}.png"
                 Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).save(folder / name)
-                table.writerow([name, ds.class_names[label], split])
+                table.writerow([name, *([int(v) for v in label] if multi else [ds.class_names[label]]), split])
             written[split] = len(s)
     return written
 

@@ -1,4 +1,8 @@
-"""The in-memory dataset: every split is one uint8 (N, H, W, C) array plus int64 labels.
+"""The in-memory dataset: every split is one uint8 (N, H, W, C) array plus its labels.
+
+Labels are int64 class ids (N,) — one class per image — or, for multi-label data (a labels table with several
+labels per image, or one 0/1 column per class), a multi-hot uint8 (N, C) array: y[i, c] = 1 when image i has
+class c, a row of zeros when it has none. `Dataset.multi_label` tells them apart.
 
 Images stay uint8 (4x smaller than float32) and are normalised per batch on the fly. Image folders too
 large for memory use `cnnlab.data.stream.StreamSplit` instead, whose `x` decodes files on access.
@@ -14,7 +18,7 @@ import numpy as np
 @dataclass
 class Split:
     x: np.ndarray  # uint8 (N, H, W, C)
-    y: np.ndarray  # int64 (N,)
+    y: np.ndarray  # int64 (N,) class ids; multi-label: multi-hot (N, C)
     paths: list[str] | None = None  # source file per image, when the data came from files
 
     def __len__(self) -> int:
@@ -45,6 +49,15 @@ class Dataset:
         return len(self.class_names)
 
     @property
+    def multi_label(self) -> bool:
+        """Each image has any number of the classes (labels are multi-hot rows), not exactly one."""
+        return any(np.ndim(s.y) == 2 for s in self.splits.values())
+
+    def label_text(self, y_row) -> str:
+        """One image's label as words: its class name; multi-label: its classes joined by spaces, or "(no label)"."""
+        return label_text(y_row, self.class_names)
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of every image."""
         return tuple(next(iter(self.splits.values())).x.shape[1:])  # type: ignore[return-value]
@@ -67,7 +80,9 @@ class Dataset:
         raise AssertionError("dataset without splits")
 
     def class_counts(self, split: str = "train") -> dict[str, int]:
-        counts = np.bincount(self.splits[split].y, minlength=self.num_classes)
+        """Images per class (multi-label: images that have the class; an image counts once for each of its classes)."""
+        y = self.splits[split].y
+        counts = np.asarray(y).sum(0) if np.ndim(y) == 2 else np.bincount(y, minlength=self.num_classes)
         return {c: int(n) for c, n in zip(self.class_names, counts)}
 
     def summary(self) -> dict:
@@ -81,6 +96,7 @@ class Dataset:
             "class_counts": {k: self.class_counts(k) for k in self.splits},
             "bad_files": len(self.bad_files),
             "stream": self.streamed,
+            **({"task": "multi_label"} if self.multi_label else {}),
         }
 
     @property
@@ -89,3 +105,11 @@ class Dataset:
         from cnnlab.data.stream import StreamSplit  # noqa: PLC0415  (stream.py builds on this module)
 
         return any(isinstance(s, StreamSplit) for s in self.splits.values())
+
+
+def label_text(y_row, class_names: list[str]) -> str:
+    """A class id as its name; a multi-hot row as the names of its classes ("cat dog"), or "(no label)"."""
+    if np.ndim(y_row) == 1:
+        names = [c for c, v in zip(class_names, y_row) if v]
+        return " ".join(names) if names else "(no label)"
+    return class_names[int(y_row)]

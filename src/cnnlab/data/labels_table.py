@@ -8,6 +8,9 @@
 the delimiter is `,` `;` or tab (counted on the header line), and a split column (`is_valid` true/false,
 or `split` train/valid/test) is read when present. Each row keeps its line number, so every error names it.
 With `label_delim` a label cell holds several labels ("cat dog", "cat|dog"): rows carry a label *list*.
+A table without a label column whose other columns all hold only 0 and 1 (`file,cat,dog,bird`: Kaggle's planet
+and ChestX-ray layout) has one column per class: a row's labels are the columns holding 1, classes in header order.
+Rows with several labels or none make the table multi-label (`LabelsTable.multi_label`).
 
 `match_files` finds each row's file under the data folder: the path as written (relative to the folder or to
 the table's own folder, never escaping the folder), the same path with an image extension when the table
@@ -43,6 +46,7 @@ SPLIT_VALUES = {"train": "train", "training": "train", "trn": "train",
                 "val": "val", "valid": "val", "validation": "val", "dev": "val", "eval": "val",
                 "test": "test", "testing": "test"}
 TRUE_VALUES, FALSE_VALUES = {"true", "1", "yes", "y", "t"}, {"false", "0", "no", "n", "f"}
+ONE_HOT_VALUES = {"0": False, "1": True, "0.0": False, "1.0": True}  # a one-hot class column's cells (pandas writes 1.0)
 TABLE_DELIMITERS = (",", "\t", ";")  # "|" is left to labels ("cat|dog"), never a column separator
 TABLE_SUFFIXES = (".csv", ".tsv")  # what `--data FILE` reads as a labels table
 SHOW = 5  # names/lines listed in a message before "and N more"
@@ -66,10 +70,18 @@ class LabelsTable:
     label_delim: str | None
     rows: list[TableRow]
     repeated: list[tuple[int, int]] = field(default_factory=list)  # (line, earlier line) of rows that repeat a row exactly
+    class_cols: list[str] | None = None  # one 0/1 column per class (label_col is then ""), in header order
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def label_source(self) -> str:
+        """Where the labels come from, in words: "label column 'tags'" or "one 0/1 column per class (cat, dog)"."""
+        if self.class_cols is not None:
+            return f"one 0/1 column per class ({names_text(self.class_cols)})"
+        return f"label column {self.label_col!r}"
 
     @property
     def multi_label(self) -> bool:
@@ -112,9 +124,11 @@ def read_labels_table(path: str | os.PathLike, *, file_col: str | None = None, l
     header_line, header = records[0]
     header = [h.strip() for h in header]
     body = records[1:]
-    fcol, lcol, scol = _choose_columns(path, header_line, header, body, file_col, label_col)
+    fcol, lcol, scol, class_cols = _choose_columns(path, header_line, header, body, file_col, label_col)
     if not body:
         raise DataError(f"{path}: has a header but no rows — add one row per image ({header[fcol]}{delimiter}{header[lcol]})")
+    if class_cols is not None:
+        return _read_one_hot(path, header_line, header, body, fcol, scol, class_cols, delimiter, label_delim)
     needed = max(c for c in (fcol, lcol, scol) if c is not None)
     rows: list[TableRow] = []
     empty_files, empty_labels = [], []
@@ -148,6 +162,33 @@ def read_labels_table(path: str | os.PathLike, *, file_col: str | None = None, l
     rows, repeated = _drop_repeats(path, rows)
     return LabelsTable(path, header[fcol], header[lcol], header[scol] if scol is not None else None, delimiter, label_delim,
                        rows, repeated)
+
+
+def _read_one_hot(path: Path, header_line: int, header: list[str], body, fcol: int, scol: int | None, class_cols: list[int],
+                  delimiter: str, label_delim: str | None) -> LabelsTable:
+    """Rows of a table with one 0/1 column per class: each row's labels are the columns that hold 1."""
+    needed = max([fcol, *class_cols] + ([scol] if scol is not None else []))
+    rows, empty_files = [], []
+    for line, rec in body:
+        if len(rec) <= needed or (len(rec) > len(header) and any(v.strip() for v in rec[len(header):])):
+            raise DataError(f"{path} line {line}: has {len(rec)} fields but the header (line {header_line}) has {len(header)}"
+                            f" — quote values that contain {_delim_name(delimiter)}, or fix the row")
+        file = normalise_file(rec[fcol])
+        if not file:
+            empty_files.append(line)
+        labels = tuple(header[c] for c in class_cols if ONE_HOT_VALUES[rec[c].strip()])
+        split = _parse_split(path, line, header[scol], rec[scol]) if scol is not None else None
+        rows.append(TableRow(line, file, labels, split))
+    if empty_files:
+        raise DataError(f"{path}: the file column {header[fcol]!r} is empty on {lines_text(empty_files)} — name each row's image file")
+    rows, repeated = _drop_repeats(path, rows)
+    return LabelsTable(path, header[fcol], "", header[scol] if scol is not None else None, delimiter, label_delim, rows, repeated,
+                       class_cols=[header[c] for c in class_cols])
+
+
+def _one_hot_columns(body: list[tuple[int, list[str]]], cols: list[int]) -> bool:
+    """Every cell of these columns (two or more) holds 0 or 1: one column per class."""
+    return len(cols) >= 2 and bool(body) and all(rec[c].strip() in ONE_HOT_VALUES for _, rec in body for c in cols if c < len(rec))
 
 
 def normalise_file(value: str) -> str:
@@ -251,7 +292,10 @@ def _holds_image_names(body: list[tuple[int, list[str]]], col: int) -> bool:
     return bool(values) and all(images.is_image_file(v.replace("\\", "/")) for v in values)
 
 
-def _choose_columns(path: Path, header_line: int, header: list[str], body, file_col, label_col) -> tuple[int, int, int | None]:
+def _choose_columns(path: Path, header_line: int, header: list[str], body, file_col,
+                    label_col) -> tuple[int, int | None, int | None, list[int] | None]:
+    """(file column, label column, split column, one-hot class columns): the label column is None when the labels are
+    one 0/1 column per class."""
     cols = ", ".join(repr(h) for h in header)
     if any(images.is_image_file(h.replace("\\", "/")) for h in header):  # a table without a header row
         first = next(h for h in header if images.is_image_file(h.replace("\\", "/")))
@@ -275,17 +319,21 @@ def _choose_columns(path: Path, header_line: int, header: list[str], body, file_
     if fcol is None:
         raise DataError(f"{path}: no file column among {cols} — name it fname, file, filename, image, image_id, id or path,"
                         " or choose it with --file-col NAME")
+    class_cols = None
     if lcol is None:
         rest = [i for i in range(len(header)) if i not in (fcol, scol)]
-        if len(rest) != 1:
+        if _one_hot_columns(body, rest):
+            class_cols = rest
+        elif len(rest) != 1:
             raise (DataError if not rest else ConfigError)(
                 f"{path}: no label column among {cols} — name it label, labels, class, target or category,"
-                " or choose it with --label-col NAME")
-        lcol = rest[0]
-    for i in {fcol, lcol, scol} - {None}:
+                " choose it with --label-col NAME, or give one column per class holding only 0 and 1")
+        else:
+            lcol = rest[0]
+    for i in {fcol, lcol, scol, *(class_cols or [])} - {None}:
         if sum(_normal_name(h) == _normal_name(header[i]) for h in header) > 1:
             raise DataError(f"{path}: column {header[i]!r} appears twice in the header — rename one")
-    return fcol, lcol, scol
+    return fcol, lcol, scol, class_cols
 
 
 def _parse_split(path: Path, line: int, col: str, value: str) -> str:

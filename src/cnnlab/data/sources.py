@@ -180,20 +180,26 @@ def convert_channels(x: np.ndarray, channels: int) -> np.ndarray:
 
 
 def with_validation_split(ds: Dataset, fraction: float, seed: int) -> Dataset:
-    """Hold out a stratified `fraction` of train as val (deterministic for a seed)."""
+    """Hold out a stratified `fraction` of train as val (deterministic for a seed). Multi-label data is split at random:
+    a stratified split of label sets needs every combination of labels twice, which few multi-label tables have."""
     from sklearn.model_selection import train_test_split
 
     train = ds.splits["train"]
     n_val = int(round(len(train) * fraction))
     if n_val < 1 or len(train) - n_val < 1:
         return ds
-    counts = np.bincount(train.y)
-    stratify = train.y if counts[counts > 0].min() >= 2 and n_val >= len(counts) else None
+    notes = list(ds.notes)
+    if np.ndim(train.y) == 2:
+        stratify = None
+        notes.append(f"validation split: {n_val} training images drawn at random (multi-label data is not stratified)")
+    else:
+        counts = np.bincount(train.y)
+        stratify = train.y if counts[counts > 0].min() >= 2 and n_val >= len(counts) else None
     idx_train, idx_val = train_test_split(np.arange(len(train)), test_size=n_val, random_state=seed, stratify=stratify)
     splits = {"train": train.subset(np.sort(idx_train)), "val": train.subset(np.sort(idx_val))}
     splits.update({k: v for k, v in ds.splits.items() if k != "train"})
     return dataclasses.replace(ds, splits=splits, load_options=dict(ds.load_options), ignored_files=list(ds.ignored_files),
-                               notes=list(ds.notes))  # bad_files stays the same list: streamed splits add to it
+                               notes=notes)  # bad_files stays the same list: streamed splits add to it
 
 
 def _labels_to_ids(labels: np.ndarray, class_names: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
@@ -222,7 +228,8 @@ def _labels_to_ids(labels: np.ndarray, class_names: list[str] | None, where: str
 def _check_classes(ds: Dataset) -> Dataset:
     if ds.num_classes < 2:
         raise DataError(f"{ds.spec}: found {ds.num_classes} class — a classifier needs at least 2 classes")
-    present = np.unique(np.asarray(ds.splits["train"].y)) if len(ds.splits["train"]) else np.array([], dtype=np.int64)
+    multi = ds.multi_label  # (the labels-table loader checks multi-hot labels itself)
+    present = np.unique(np.asarray(ds.splits["train"].y)) if len(ds.splits["train"]) and not multi else np.array([], dtype=np.int64)
     if len(present) == 1:  # e.g. a seed CSV whose labels are all 0: the second class would be invented, never seen
         raise DataError(f"{ds.spec}: every training image has the label {ds.class_names[int(present[0])]!r} — a classifier needs"
                         " images of at least 2 classes; check the labels file")
@@ -550,34 +557,36 @@ def _load_labels_table(spec_path: Path, labels: str | os.PathLike | None, classe
         if not table_path.exists() and not table_path.is_absolute() and (root / table_path).is_file():
             table_path = root / table_path  # labels.csv inside the image folder, named relative to it (as fastai's from_csv)
     table = labels_table.read_labels_table(table_path, file_col=file_col, label_col=label_col, label_delim=label_delim)
-    if table.multi_label:  # several labels per image (or none): the classifier this loader feeds takes one class per image
-        rows = [f"line {r.line} " + (repr(" ".join(r.labels)) if r.labels else "(no label)") for r in table.rows if len(r.labels) != 1]
-        raise ConfigError(f"{table.path}: {len(rows)} row(s) do not hold exactly one label when split by label_delim"
-                          f" {table.label_delim!r}: {labels_table.names_text(rows)} — training on several labels per image is"
-                          " not available yet; give each row one label")
     match = labels_table.match_files(table, root, base=table_path.parent)
     found = match.found
     split_of = _table_splits(table, root, found)
     class_names = _table_class_names(table, [r for r, _ in found], classes)
     ids = {c: i for i, c in enumerate(class_names)}
-    numeric = not set(ids).issuperset(r.labels[0] for r, _ in found)  # integer labels 0..K-1 naming --classes by position
-    trained = {r.labels[0] for (r, _), s in zip(found, split_of) if s == "train"}
+    # integer labels 0..K-1 naming --classes by position
+    numeric = not set(ids).issuperset(lb for r, _ in found for lb in r.labels)
+    trained = {lb for (r, _), s in zip(found, split_of) if s == "train" for lb in r.labels}
     for (r, _), s in zip(found, split_of):
-        if s != "train" and r.labels[0] not in trained:
-            raise DataError(f"{table.path} line {r.line}: class {r.labels[0]!r} is in the {s} rows but in no train row"
-                            " — add train images of it or remove its rows")
-    groups: dict[str, tuple[list[Path], list[int]]] = {}
+        for lb in r.labels:
+            if s != "train" and lb not in trained:
+                raise DataError(f"{table.path} line {r.line}: class {lb!r} is in the {s} rows but in no train row"
+                                " — add train images of it or remove its rows")
+    groups: dict[str, tuple[list[Path], list]] = {}
     for (r, path), s in zip(found, split_of):
         paths, labels_ = groups.setdefault(s, ([], []))
         paths.append(path)
-        labels_.append(int(r.labels[0]) if numeric else ids[r.labels[0]])
+        labels_.append([int(lb) if numeric else ids[lb] for lb in r.labels])
     if "train" not in groups:
         raise DataError(f"{table.path}: no row is in the train split ({table.split_col} marks every row {next(iter(groups))})"
                         " — mark the training rows")
     order = [s for s in ("train", "val", "test") if s in groups]
-    splits, bad = decode_splits({s: (groups[s][0], np.array(groups[s][1], dtype=np.int64)) for s in order}, size, channels,
-                                max_bad_fraction, stream, workers, resize)
+    as_y = _multi_hot if table.multi_label else (lambda ids_, _k: np.array([i[0] for i in ids_], dtype=np.int64))
+    y_of = {s: as_y(groups[s][1], len(class_names)) for s in order}
+    if table.multi_label and not y_of["train"].any():
+        raise DataError(f"{table.path}: no train row has a label — a multi-label classifier needs training images with labels")
+    splits, bad = decode_splits({s: (groups[s][0], y_of[s]) for s in order}, size, channels, max_bad_fraction, stream, workers, resize)
     notes = _table_notes(table, root, match, split_of)
+    if table.multi_label:
+        notes.append(_multi_label_note(table, class_names, y_of["train"]))
     missing = [(str(where), f"named on line {r.line} of {table.name}, file not found") for r, where in match.missing]
     ds = Dataset(str(root), class_names, splits, bad, source_format="labels-table", notes=notes, missing_files=missing,
                  unlabelled_files=[str(p) for p in match.unlabelled])
@@ -596,19 +605,45 @@ def _table_splits(table: labels_table.LabelsTable, root: Path, found) -> list[st
     return ["train"] * len(found)
 
 
+def _multi_hot(ids: list[list[int]], k: int) -> np.ndarray:
+    """Multi-hot uint8 (N, k) rows from each image's class ids (none: a row of zeros)."""
+    y = np.zeros((len(ids), k), dtype=np.uint8)
+    for i, row in enumerate(ids):
+        y[i, row] = 1
+    return y
+
+
+def _multi_label_note(table: labels_table.LabelsTable, class_names: list[str], y_train: np.ndarray) -> str:
+    """What a multi-label table gave: how many labels per image, images without one, classes never seen in training."""
+    per_image = y_train.sum(1)
+    unseen = [c for c, n in zip(class_names, y_train.sum(0)) if n == 0]
+    how = "one 0/1 column per class" if table.class_cols is not None else f"label_delim {table.label_delim!r}"
+    return (f"multi-label ({how}): {len(class_names)} classes, {per_image.mean():.2f} labels per training image on average,"
+            f" {int((per_image == 0).sum())} with none; one sigmoid output per class, binary cross-entropy"
+            + (f"; warning: no training image has {labels_table.names_text(unseen)} — the model will not learn to predict it"
+               if unseen else ""))
+
+
 def _table_class_names(table: labels_table.LabelsTable, rows: list[labels_table.TableRow], classes: list[str] | None) -> list[str]:
     """Class names: `classes` when given (labels are those names, or integers 0..K-1 by position), else the labels sorted
-    (as numbers when all are integers, so class 10 comes after class 9)."""
-    labels = [r.labels[0] for r in rows]
+    (as numbers when all are integers, so class 10 comes after class 9). One 0/1 column per class: the columns, in
+    header order (`classes` may reorder them)."""
+    if table.class_cols is not None:
+        if classes is not None and sorted(classes) != sorted(table.class_cols):
+            raise DataError(f"{table.path}: classes {list(classes)} are not the class columns {table.class_cols} — drop --classes"
+                            " (the columns name the classes) or list the same names")
+        return list(classes) if classes is not None else list(table.class_cols)
+    pairs = [(r, lb) for r in rows for lb in r.labels]
+    labels = [lb for _, lb in pairs]
     integer = all(re.fullmatch(r"[+-]?\d+", v) for v in labels)
     if classes is not None:
         known = set(classes)
         if integer and not known.issuperset(labels):  # integer labels name the classes by position
-            bad = next((r for r in rows if not 0 <= int(r.labels[0]) < len(classes)), None)
+            bad = next(((r, lb) for r, lb in pairs if not 0 <= int(lb) < len(classes)), None)
         else:
-            bad = next((r for r in rows if r.labels[0] not in known), None)
+            bad = next(((r, lb) for r, lb in pairs if lb not in known), None)
         if bad is not None:
-            raise DataError(f"{table.path} line {bad.line}: label {bad.labels[0]!r} is not one of the classes {list(classes)}"
+            raise DataError(f"{table.path} line {bad[0].line}: label {bad[1]!r} is not one of the classes {list(classes)}"
                             + (f" (nor 0..{len(classes) - 1})" if integer else "") + " — fix the label or --classes")
         return list(classes)
     distinct = set(labels)
@@ -616,7 +651,7 @@ def _table_class_names(table: labels_table.LabelsTable, rows: list[labels_table.
 
 
 def _table_notes(table: labels_table.LabelsTable, root: Path, match: labels_table.TableMatch, split_of: list[str]) -> list[str]:
-    notes = [f"labels from {table.path} (file column {table.file_col!r}, label column {table.label_col!r}"
+    notes = [f"labels from {table.path} (file column {table.file_col!r}, {table.label_source}"
              + (f", splits from column {table.split_col!r}" if table.split_col else "") + ")"]
     if table.split_col is None and set(split_of) != {"train"}:
         counts = Counter(split_of)

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from cnnlab.data.loader import BatchReader
 from cnnlab.engine.device import autocast
-from cnnlab.engine.inference import inference_batch_size, loss_fn, predicted_class, to_input
+from cnnlab.engine.inference import inference_batch_size, loss_fn, metrics_from_logits, to_input
 
 HEAD_C = 1.0  # inverse L2 strength of the frozen head (scikit-learn's default C; 0.3-3 scored alike on cats/dogs)
 
@@ -101,7 +101,8 @@ def score_features(model: nn.Module, f: torch.Tensor, y: torch.Tensor) -> dict:
     with torch.inference_mode():
         logits = head_logits(model, f).float()
     model.train(was_training)
-    return {"loss": float(loss_fn(logits, y)), "accuracy": float((predicted_class(logits) == y).float().mean())}
+    ev = metrics_from_logits(logits, y)  # multi-hot labels: accuracy per label, and mAP
+    return {"loss": ev["loss"], "accuracy": ev["accuracy"], **({"map": ev["map"]} if "map" in ev else {})}
 
 
 def train_head(model: nn.Module, feats: torch.Tensor, y: torch.Tensor, epochs: int, c: float = HEAD_C,
@@ -143,7 +144,7 @@ def train_head(model: nn.Module, feats: torch.Tensor, y: torch.Tensor, epochs: i
                    "lr": 1.0, "seconds": time.perf_counter() - t0}
             if val is not None and len(val[1]):
                 ev = score_features(model, *val)
-                row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
+                row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"], **({"val_map": ev["map"]} if "map" in ev else {}))
             rows.append(row)
     finally:
         model.train(was_training)

@@ -2,6 +2,10 @@
 
 Images travel as uint8 (N, H, W, C); `to_input` turns a batch into a normalised float NCHW tensor.
 Permuting NHWC to NCHW gives channels_last memory for free, the layout the CPU conv kernels prefer.
+
+Labels are class ids (N,), or multi-hot rows (N, C) for multi-label data (engine/multilabel.py): the loss is then
+binary cross-entropy on each of the C sigmoid outputs, accuracy the share of label decisions right at 0.5 (fastai's
+accuracy_multi), and scoring a split adds its mAP ("map").
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.engine.device import autocast
+from cnnlab.engine.multilabel import mean_average_precision
 
 
 # Images per inference batch: ~1.1 megapixels a batch (16 images of 260 px, 256 of 64 px, at most 256).
@@ -40,8 +45,12 @@ def is_binary_head(logits: torch.Tensor) -> bool:
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Binary cross-entropy on one sigmoid output (the seed's head) or cross-entropy over K outputs."""
+    """Binary cross-entropy on one sigmoid output (the seed's head) or cross-entropy over K outputs; multi-hot
+    labels (N, C): binary cross-entropy on each output, averaged over the C classes per image."""
     logits = logits.float()
+    if y.ndim == 2:
+        per = F.binary_cross_entropy_with_logits(logits, y.float(), reduction="none").mean(1)
+        return per if reduction == "none" else per.sum() if reduction == "sum" else per.mean()
     if is_binary_head(logits):
         return F.binary_cross_entropy_with_logits(logits[:, 0], y.float(), reduction=reduction)
     return F.cross_entropy(logits, y, reduction=reduction)
@@ -53,9 +62,25 @@ def predicted_class(logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(1)
 
 
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """(N, K) class probabilities; for the one-output binary head [1 - p, p]."""
+def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per image: 1.0 when the predicted class is right, else 0.0; multi-hot labels: the share of its C labels decided
+    right at probability 0.5 (logit 0)."""
+    if y.ndim == 2:
+        return ((logits >= 0) == y.bool()).float().mean(1)
+    return (predicted_class(logits) == y).float()
+
+
+def correct_count(logits: torch.Tensor, y: torch.Tensor) -> int | float:
+    """Images predicted right in a batch (multi-hot labels: the sum of each image's share of labels right)."""
+    total = correct(logits, y).sum()
+    return float(total) if y.ndim == 2 else int(total)
+
+
+def probabilities(logits: torch.Tensor, multi_label: bool = False) -> torch.Tensor:
+    """(N, K) class probabilities; for the one-output binary head [1 - p, p]; multi_label: a sigmoid per class."""
     logits = logits.float()
+    if multi_label:
+        return torch.sigmoid(logits)
     if is_binary_head(logits):
         p = torch.sigmoid(logits[:, 0])
         return torch.stack([1 - p, p], dim=1)
@@ -134,8 +159,12 @@ def metrics_from_logits(logits: torch.Tensor, y) -> dict:
 
 def _score(logits: torch.Tensor, yt: torch.Tensor) -> dict:
     loss = float(loss_fn(logits, yt)) if len(yt) else float("nan")
-    acc = int((predicted_class(logits) == yt).sum()) / len(yt) if len(yt) else float("nan")
-    return {"loss": loss, "accuracy": acc, "n": int(len(yt)), "logits": logits}
+    acc = float(correct(logits, yt).sum()) / len(yt) if len(yt) else float("nan")
+    ev = {"loss": loss, "accuracy": acc, "n": int(len(yt)), "logits": logits}
+    if yt.ndim == 2:  # multi-label: the threshold-free score that picks the best epoch
+        m = mean_average_precision(yt.numpy(), torch.sigmoid(logits.float()).numpy()) if len(yt) else None
+        ev["map"] = float("nan") if m is None else m
+    return ev
 
 
 @torch.inference_mode()

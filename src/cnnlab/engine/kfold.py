@@ -108,6 +108,9 @@ def folds_fingerprint(fold: np.ndarray, y: np.ndarray) -> str:
 
 def cross_validation_images(ds: Dataset) -> tuple[Split, list[str]]:
     """(the images the folds split: train then val, the notes that say what was left out)."""
+    if ds.multi_label:  # stratified folds and the pooled held-out metrics are defined for one label per image
+        raise ConfigError(f"{ds.spec}: --folds does not take multi-label data yet — train one run (cnnlab train) and score it"
+                          " with cnnlab evaluate")
     parts = [ds.splits[name] for name in ("train", "val") if name in ds.splits and len(ds.splits[name])]
     pool = parts[0] if len(parts) == 1 else concat_splits(parts[0], parts[1])
     notes = []

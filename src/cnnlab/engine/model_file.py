@@ -4,6 +4,8 @@ The metadata holds everything needed to rebuild and use the model: registry name
 class names, input shape (C, H, W), normalisation and resize policy (`resize`: how a photo of another aspect
 ratio became the input size in training — squash, crop or pad, cnnlab.data.images.fit_image — so predict, serve,
 evaluate and the exported model's description do the same; files written before it was recorded mean squash).
+A multi-label model adds `task: "multi_label"` (one sigmoid output per class) and `thresholds` (one decision threshold
+per class, engine/multilabel.py); a file without `task` is single-label.
 Loading checks it before building anything, so a foreign or damaged file gives a clear error instead of a traceback.
 """
 
@@ -20,6 +22,7 @@ from safetensors.torch import save_file
 
 from cnnlab._version import __version__
 from cnnlab.config import RESIZES
+from cnnlab.engine import multilabel
 from cnnlab.engine.run_dir import RunFolder
 from cnnlab.errors import CnnlabError, ModelError
 from cnnlab.io import as_os_error, atomic_path
@@ -37,6 +40,8 @@ def model_metadata(model: nn.Module, class_names: list[str], input_shape: tuple[
     training config's (`config` is added when training ends), written into the file by save_model_file."""
     pretrained = getattr(model, "cnnlab_pretrained", None)
     norm = getattr(model, "cnnlab_normalization", None) or default_normalization(input_shape[0])
+    if getattr(model, "cnnlab_task", None) == multilabel.TASK:  # thresholds: 0.5 until training tunes them
+        extra = {"task": multilabel.TASK, "thresholds": [multilabel.DEFAULT_THRESHOLD] * len(class_names), **extra}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -101,7 +106,7 @@ def read_metadata(path: str | Path) -> dict:
         with safe_open(str(p), framework="pt") as f:
             raw = (f.metadata() or {}).get("cnnlab")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ModelError(f"{p}: not a readable safetensors model file ({str(e).splitlines()[0][:120]}) — re-export or retrain it") from None
+        raise ModelError(f"{p}: not a readable safetensors model file ({_reason(e)}) — re-export or retrain it") from None
     if raw is None:
         raise ModelError(f"{p}: safetensors file without cnnlab metadata — it was not written by cnnlab")
     try:
@@ -143,7 +148,7 @@ def _metadata_problem(meta: dict) -> str | None:
     resize = _recorded_resize(meta)
     if resize is not None and resize not in RESIZES:
         return f"resize {resize!r} is not one of {', '.join(RESIZES)}"
-    return None
+    return multilabel.metadata_problem(meta)
 
 
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -155,16 +160,67 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tup
     c, h, w = meta["input_shape"]
     try:
         model = create_model(meta["model"], len(meta["class_names"]), c, (h, w), **meta["model_args"])
+        if multilabel.is_multi_label(meta):
+            from cnnlab.models.layers import one_output_per_class
+
+            one_output_per_class(model, len(meta["class_names"]))
     except CnnlabError as e:  # unknown model or arguments: say which file described it
         raise ModelError(f"{p}: {e}") from None
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
+    except (RuntimeError, SafetensorError, OSError) as e:
+        raise ModelError(f"{p}: its weights cannot be read ({_reason(e)}) — the file is damaged; copy it again or retrain") from None
+    problem = weights_problem(model, state, len(meta["class_names"]))
+    if problem:
+        raise ModelError(f"{p}: weights do not match architecture {meta['model']!r}: {problem}") from None
+    try:
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, SafetensorError) as e:
-        first = str(e).strip().splitlines()[0][:160]
-        raise ModelError(f"{p}: weights do not match architecture {meta['model']!r} ({first})") from None
+    except RuntimeError as e:  # (weights_problem found none; a dtype torch cannot copy, say)
+        raise ModelError(f"{p}: weights do not match architecture {meta['model']!r} ({_reason(e)}) — re-export or retrain it") from None
     model.cnnlab_normalization = dict(meta["normalization"])  # kept if the model is trained on or saved again
     if isinstance(meta.get("pretrained"), dict):
         model.cnnlab_pretrained = dict(meta["pretrained"])
     return model.to(device).eval(), meta
+
+
+def _reason(e: BaseException, limit: int = 160) -> str:
+    """A library's error as a short, whole phrase: its first line (safetensors: "Error while deserializing header:
+    HeaderTooLarge"; torch's run to paragraphs), cut at a word, never mid-word."""
+    text = (str(e).strip().splitlines() or [e.__class__.__name__])[0].strip() or e.__class__.__name__
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "a scalar"
+
+
+def weights_problem(model: nn.Module, found: dict[str, torch.Tensor], n_classes: int) -> str | None:
+    """How the tensors in a file differ from what `model` needs, in words (None: they fit). A file whose output layer
+    alone differs is a class count the metadata and the weights disagree on — said as such."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
+    if not (missing or extra or reshaped):
+        return None
+    head = getattr(model, "head_name", None) or (next(reversed(expected)).rpartition(".")[0] if expected else "")
+    head_keys = [k for k in expected if k.startswith(head + ".")] if head else []
+    head_weight = next((k for k in head_keys if k.endswith("weight")), None)
+    if not (missing or extra) and head_weight in reshaped and set(reshaped) <= set(head_keys):
+        needs = expected[head_weight].shape[0]
+        return (f"its output layer ({head}) has {found[head_weight].shape[0]} outputs, but class_names in the metadata lists {n_classes}"
+                f" classes{f' (which take {needs})' if needs != n_classes else ''} — the class names were edited or belong to other"
+                " weights; restore the original file or retrain the model")
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} tensor(s) the architecture needs are missing (first: {missing[0]})")
+    if extra:
+        parts.append(f"{len(extra)} tensor(s) in the file are not part of it (first: {extra[0]})")
+    if reshaped:
+        k = reshaped[0]
+        parts.append(f"{len(reshaped)} tensor(s) have other shapes (first: {k} is {_shape(found[k])} in the file, {_shape(expected[k])} in the architecture)")
+    return "; ".join(parts) + " — the metadata describes another model than these weights; re-export or retrain it"
+

@@ -2,6 +2,8 @@
 
 A pretrained model's backbone learns at a fraction of the head's LR (discriminative groups, engine/finetune.py);
 weight decay skips norm scales and biases; soft targets carry mixup/cutmix and label smoothing.
+Multi-label targets (multi-hot rows) are mixed the same way — mixup/cutmix blend two images' label vectors with the
+images' weights — and smoothed towards 0.5 per class (Keras' BinaryCrossentropy(label_smoothing)).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnlab.config import TrainConfig
+from cnnlab.data.augment import soft_targets
 from cnnlab.engine import finetune
 from cnnlab.errors import ConfigError
 
@@ -44,10 +47,26 @@ def is_pretrained(model: nn.Module) -> bool:
     return getattr(model, "cnnlab_pretrained", None) is not None and hasattr(model, "head_name")
 
 
-def train_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy against soft targets (N, K): mixup/cutmix, label smoothing; the 1-logit head uses BCE on p(class 1)."""
+def train_targets(y: torch.Tensor, num_classes: int, y2: torch.Tensor | None = None, lam: float = 1.0,
+                  smoothing: float = 0.0) -> torch.Tensor:
+    """(N, K) soft targets: class ids as distributions (augment.soft_targets); multi-hot rows (N, C) as per-class
+    probabilities, lam * own + (1 - lam) * partner's (mixup/cutmix), smoothed towards 0.5."""
+    if y.ndim == 2:
+        t = y.float()
+        if y2 is not None:
+            t = lam * t + (1 - lam) * y2.float()
+        return t * (1 - smoothing) + smoothing / 2
+    return soft_targets(y, num_classes, y2, lam, smoothing)
+
+
+def train_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+               multi_label: bool = False) -> torch.Tensor:
+    """Cross-entropy against soft targets (N, K): mixup/cutmix, label smoothing; the 1-logit head uses BCE on p(class 1);
+    multi_label: binary cross-entropy on each of the K outputs, averaged per image."""
     logits = logits.float()
-    if logits.shape[1] == 1:
+    if multi_label:
+        per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(1)
+    elif logits.shape[1] == 1:
         per = F.binary_cross_entropy_with_logits(logits[:, 0], targets[:, 1], reduction="none")
     else:
         per = -(targets * F.log_softmax(logits, 1)).sum(1)

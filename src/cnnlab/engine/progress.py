@@ -38,6 +38,8 @@ class Progress:
         msg = f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  acc {row['train_accuracy']:.1%}"
         if row.get("val_loss") is not None:
             msg += f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.1%}"
+        if row.get("val_map") is not None:  # multi-label
+            msg += f"  val_mAP {row['val_map']:.3f}"
         msg += f"  lr {row['lr']:.2g}  {row['seconds']:.1f}s"
         self.console.print(msg, soft_wrap=True)
 

@@ -18,7 +18,7 @@ from cnnlab.data.dataset import Dataset, Split
 from cnnlab.data.sources import load_dataset as _load_dataset
 from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.distributed import is_main_process
-from cnnlab.engine.run_dir import RunFolder
+from cnnlab.engine.run_dir import RunFolder, release
 from cnnlab.engine.trainer import TrainResult, fit
 from cnnlab.errors import CnnlabError, ModelError
 from cnnlab.track import trackers_for
@@ -48,6 +48,10 @@ def create_model(name: str, data: Dataset | None = None, *, num_classes: int | N
     if num_classes is None:
         raise ModelError("create_model needs a dataset or num_classes")
     model = models.create_model(name, num_classes, in_channels or DEFAULT_CHANNELS, image_size or (DEFAULT_IMAGE_SIZE,) * 2, **model_args)
+    if data is not None and data.multi_label:  # one sigmoid output per class, two classes included
+        from cnnlab.models.layers import one_output_per_class
+
+        one_output_per_class(model, num_classes)
     if pretrained or weights:
         from cnnlab.models.pretrained import load_pretrained
 
@@ -114,7 +118,7 @@ def train(model: nn.Module | str | None = None, data: Dataset | str | None = Non
         ds = data if isinstance(data, Dataset) else dataset_for_config(cfg)
     if not isinstance(model, nn.Module):
         model = model_for_config(cfg, ds, seed=cfg.seed)
-    _check_model_fits(model, ds)
+    _check_model_fits(model, ds, cfg)  # and that training it fits in memory (engine/memory.py), before the run folder
     # TensorBoard / MLflow as the config says (cnnlab/track), first: a callback that raises StopTraining after them
     # cannot keep the epoch it ends out of the logs
     callbacks = [*trackers_for(cfg, ds), *(callbacks or [])]
@@ -182,20 +186,31 @@ def auto_recipe(cfg: TrainConfig, ds: Dataset | None, quiet: bool, load: bool = 
     return plan.cfg, ds
 
 
-def _check_model_fits(model: nn.Module, ds: Dataset) -> None:
+def _check_model_fits(model: nn.Module, ds: Dataset, cfg: TrainConfig | None = None) -> None:
+    """One image through the model: it accepts the data's images and has an output per class; with `cfg`, the same
+    forward pass counts the activations, and training that cannot fit in memory is refused (engine/memory.py)."""
     import torch
 
+    from cnnlab.engine import memory
+
     h, w, c = ds.image_shape
+    precision = memory.run_precision(cfg, model) if cfg is not None else "fp32"
     try:
-        with torch.no_grad():
-            out = model.eval()(torch.zeros(1, c, h, w))
+        out, activations = memory.count_forward(model, torch.zeros(1, c, h, w), precision)
     except RuntimeError as e:
-        raise ModelError(f"model does not accept {h}x{w}x{c} images from {ds.spec} ({str(e).splitlines()[0][:120]}) — build it with create_model(name, dataset)") from None
-    finally:
-        model.train()
+        raise ModelError(f"model does not accept {h}x{w}x{c} images from {ds.spec} ({_first_line(e)}) — build it with"
+                         " create_model(name, dataset)") from None
     expected = 1 if ds.num_classes == 2 else ds.num_classes
     if out.shape[1] not in (expected, ds.num_classes):
         raise ModelError(f"model has {out.shape[1]} outputs but the dataset has {ds.num_classes} classes — build it with create_model(name, dataset)")
+    if cfg is not None:
+        memory.check_training(model, activations, ds, cfg)
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line, whole words only (torch's messages run to paragraphs)."""
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0].strip()
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _resume(run_dir: str | Path, quiet: bool, on_epoch_end: Callable[[dict], None] | None = None,
@@ -207,11 +222,17 @@ def _resume(run_dir: str | Path, quiet: bool, on_epoch_end: Callable[[dict], Non
         raise CnnlabError(f"{run.path} is fold {fold[1]} of the cross-validation {fold[0]} — resume the whole cross-validation:"
                           f" cnnlab train --resume {fold[0]}")
     took_over = run.claim() if run.path.is_dir() and is_main_process() else None  # not while another process writes it
+    try:
+        if run.status == "completed":
+            raise CnnlabError(f"{run.path}: this run already completed — start a new run instead of --resume")
+        if not run.last_ckpt.is_file():  # killed or interrupted before its first checkpoint: say how to start it again
+            raise CnnlabError(run.nothing_to_resume())
+        state = load_checkpoint(run.path)  # its last.ckpt
+    except CnnlabError:
+        release(run.path)  # (a library caller's process goes on)
+        raise
     if took_over and not quiet:
         print(took_over)
-    if run.status == "completed":
-        raise CnnlabError(f"{run.path}: this run already completed — start a new run instead of --resume")
-    state = load_checkpoint(run.path)  # its last.ckpt; the folder named in the error when there is none
     # the checkpoint's config, not config.yaml: resume continues exactly the state that was saved
     cfg = config_from_dict(state["config"], source=str(run.last_ckpt)).validate()
     ds = dataset_for_config(cfg)

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.config import TrainConfig
-from cnnlab.data.augment import Augmenter, batch_generator, matched_test_scale, resolve_ops, soft_targets, training_size
+from cnnlab.data.augment import Augmenter, batch_generator, matched_test_scale, resolve_ops, training_size
 from cnnlab.data.dataset import Dataset
 from cnnlab.data.loader import BatchReader, is_streamed
 from cnnlab.engine import distributed as ddp
@@ -34,11 +34,12 @@ from cnnlab.engine.callbacks import Callback, CallbackList, RunView
 from cnnlab.engine.checkpoint import CheckpointEvery, TrainState, capture_state, restore_state, save_checkpoint
 from cnnlab.engine.device import autocast, resolve_device, resolve_precision
 from cnnlab.engine.ema import ModelEMA
-from cnnlab.engine.inference import evaluate_arrays, evaluate_on_split, loss_fn, predicted_class, to_input, tta_scales
+from cnnlab.engine.inference import correct_count, evaluate_arrays, evaluate_on_split, loss_fn, to_input, tta_scales
+from cnnlab.engine import multilabel
 from cnnlab.engine import run_outputs
 from cnnlab.engine.model_file import model_metadata
 from cnnlab.engine.optim import (balanced_sample_weights, build_optimizer, class_weights, is_pretrained, loss_weights,  # noqa: F401
-                                 train_loss)
+                                 train_loss, train_targets)
 from cnnlab.engine.progress import Progress
 from cnnlab.engine.schedule import LrSchedule
 from cnnlab.engine.signals import Interrupted, StopAtBoundary, StopRequests, handling
@@ -204,7 +205,8 @@ def train_step(ctx: StepContext, xb: torch.Tensor, yb: torch.Tensor, generator: 
     else:
         w = ctx.weights
         w_b = None if w is None else w[yb] * lam + (0 if y2 is None else w[y2] * (1 - lam))
-        loss = train_loss(logits, soft_targets(yb, ctx.num_classes, y2, lam, cfg.label_smoothing).to(ctx.device), w_b)
+        loss = train_loss(logits, train_targets(yb, ctx.num_classes, y2, lam, cfg.label_smoothing).to(ctx.device), w_b,
+                          multi_label=yb.ndim == 2)
     # 5. a NaN/inf loss (on any rank) ends the run before it reaches the weights
     if ctx.check_finite and not dist.all_finite(loss, n):
         raise _diverged(ctx, loss, n, where)
@@ -287,7 +289,7 @@ def train_one_epoch(ctx: StepContext, reader: BatchReader, state: TrainState, st
                                                share_of_step=share, update=last, zero_grad=False)
                 loss = float(out)
                 stats["loss_sum"] += loss * n if n else 0.0  # a rank's share may be empty
-                stats["correct"] += int((predicted_class(logits) == y).sum())
+                stats["correct"] += correct_count(logits, y)
                 stats["seen"] += n
                 pending = not last
             elif last and pending:
@@ -301,6 +303,8 @@ def train_one_epoch(ctx: StepContext, reader: BatchReader, state: TrainState, st
     except StopAtBoundary:
         stats["seconds"] += time.perf_counter() - t0
         raise
+    finally:  # now, not when the garbage collector gets to it: a streamed reader's worker processes end here
+        batches.close()
     state.step = steps
     stats["seconds"] += time.perf_counter() - t0
     return stats
@@ -345,6 +349,7 @@ def fit(
     """
     fit_t0 = time.perf_counter()  # the time budget counts wall time from here (set-up, checkpoints and all)
     cfg = cfg.validate().resolved()
+    multilabel.check_config(cfg, dataset, model)  # options that do not apply to multi-label data, before any file is written
     dist = ddp.setup(resolve_device(cfg.device))  # a no-op context in a single process
     device, main = dist.device, dist.is_main
     precision = resolve_precision(cfg.precision, device, model)
@@ -484,8 +489,9 @@ class _Loop:
         state = self.state
         state.history.append(row)
         self.progress.end_epoch(row, state.planned_epochs)
-        if self.val is not None and row["val_accuracy"] > state.best["accuracy"]:
-            state.best = {"accuracy": row["val_accuracy"], "epoch": row["epoch"]}
+        # the best epoch: highest val accuracy; multi-label: highest val mAP (threshold-free; accuracy is mostly true negatives)
+        if self.val is not None and row.get("val_map", row["val_accuracy"]) > state.best.get("map", state.best["accuracy"]):
+            state.best = {"accuracy": row["val_accuracy"], "epoch": row["epoch"], **({"map": row["val_map"]} if "val_map" in row else {})}
             state.best_weights = {k: v.detach().clone() for k, v in weights_of.state_dict().items()}
 
     def write_metrics(self) -> None:
@@ -566,8 +572,8 @@ class _Loop:
                 reason = f"time budget of {cfg.time_budget:g}s reached"
         # early stopping counts unfrozen epochs only: the frozen phase's best is where fine-tuning starts from
         if cfg.patience and self.val is not None and epoch - max(state.best["epoch"], n_frozen) >= cfg.patience:
-            reason = (f"early stopping: no better val accuracy for {cfg.patience} epochs "
-                      f"(best {state.best['accuracy']:.1%} at epoch {state.best['epoch']})")
+            reason = (f"early stopping: no better val {'mAP' if 'map' in state.best else 'accuracy'} for {cfg.patience} epochs "
+                      f"(best {state.best.get('map', state.best['accuracy']):.1%} at epoch {state.best['epoch']})")
         state.epoch, state.step, state.partial = epoch + 1, 0, None
         self.checkpoint()
         self.every.restart()
@@ -631,7 +637,7 @@ def _epoch_row(epoch: int, stats: dict, optimizer, model: nn.Module, val, norm: 
            "val_loss": None, "val_accuracy": None, "lr": optimizer.param_groups[0]["lr"], "seconds": stats["seconds"]}
     if val is not None and len(val):
         ev = score_split(model, val, norm, device, precision, dist)
-        row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"])
+        row.update(val_loss=ev["loss"], val_accuracy=ev["accuracy"], **({"val_map": ev["map"]} if "map" in ev else {}))
         budget.reserve_for_test((time.perf_counter() - t_val) / len(val), n_test, test_passes)
     row["seconds"] = dist.broadcast_number(stats["seconds"] + (time.perf_counter() - t_val))  # time-budget plans agree
     return row

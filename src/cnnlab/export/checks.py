@@ -3,7 +3,8 @@
 - fp32 formats (onnx, torchscript, openvino): logits and probabilities within FP32_MAX_ABS_DIFF of
   PyTorch on check images covering the pixel range, at batch sizes 1 and N (the batch axis must be dynamic).
 - fp16 / int8: top-1 agreement with PyTorch on held-out images (never used for calibration), at least
-  MIN_AGREEMENT[precision]. The floors come from measurements (BENCHMARKS.md, "Export formats": 400
+  MIN_AGREEMENT[precision]; a multi-label model agrees on an image when the export predicts exactly the labels
+  PyTorch predicts (each class's probability against its threshold). The floors come from measurements (BENCHMARKS.md, "Export formats": 400
   held-out cats/dogs photos): fp16 agreed on every one for seed_cnn, resnet9 and efficientnet_lite0,
   int8 (100 calibration images) on 99.5-99.75%. The floors leave room for smaller held-out sets (one
   flip in 60 images is 1.7%) and less sure models, and still stop a broken quantisation: int8
@@ -78,7 +79,7 @@ def images_from_dataset(ds: Dataset, calibration: int, holdout: int, seed: int =
 def torch_reference(clf: Classifier, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PyTorch's fp32 logits and probabilities: the oracle every export is compared with."""
     logits = predict_logits(clf.model, x, clf.meta["normalization"], torch.device("cpu"), "fp32")
-    return logits.numpy(), probabilities(logits).numpy()
+    return logits.numpy(), probabilities(logits, clf.multi_label).numpy()
 
 
 def run_batched(run: Runner, x: np.ndarray, batch: int = CHECK_BATCH) -> tuple[np.ndarray, np.ndarray]:
@@ -108,13 +109,18 @@ def check_agreement(clf: Classifier, run: Runner, x: np.ndarray, labels: np.ndar
     _, probs = run_batched(run, x)
     if probs.shape != ref_probs.shape or not np.all(np.isfinite(probs)):
         raise ExportError(f"{label}: {what} answers {probs.shape} probabilities (or non-finite ones) where PyTorch answers {ref_probs.shape}; nothing was written")
-    ours, theirs = probs.argmax(1), ref_probs.argmax(1)
-    agreement = float(np.mean(ours == theirs))
+    if clf.multi_label:  # label sets at the model's thresholds; right = exactly the true labels
+        ours, theirs = probs >= clf.thresholds, ref_probs >= clf.thresholds
+        same = lambda a, b: np.all(a == np.asarray(b).astype(bool), axis=1)  # noqa: E731
+    else:
+        ours, theirs = probs.argmax(1), ref_probs.argmax(1)
+        same = np.equal
+    agreement = float(np.mean(same(ours, theirs)))
     res = {"agreement": agreement, "agreement_floor": floor, "holdout_images": int(len(x)),
-           "max_prob_diff": float(np.max(np.abs(probs - ref_probs)))}
+           "max_prob_diff": float(np.max(np.abs(probs - ref_probs))), **({"agreement_on": "label sets"} if clf.multi_label else {})}
     if labels is not None:
-        res.update(accuracy=float(np.mean(ours == labels)), torch_accuracy=float(np.mean(theirs == labels)))
+        res.update(accuracy=float(np.mean(same(ours, labels))), torch_accuracy=float(np.mean(same(theirs, labels))))
     if agreement < floor:
-        raise ExportError(f"{label}: {what} agrees with PyTorch on the top class of {agreement:.1%} of {len(x)} held-out images, "
+        raise ExportError(f"{label}: {what} agrees with PyTorch on the {'label sets' if clf.multi_label else 'top class'} of {agreement:.1%} of {len(x)} held-out images, "
                           f"under the floor of {floor:.0%}; nothing was written — calibrate with more or more typical images (--calibration N) or use a higher precision")
     return res

@@ -3,7 +3,9 @@
 The exported graph takes what a user has: uint8 images (N, H, W, C) at the model's input size, and
 returns `logits` (N, K_out) and `probabilities` (N, K). Cast, NHWC->NCHW, scaling and mean/std
 normalisation are part of the graph, so a consumer needs no cnnlab code; the JSON sidecar
-(`<file>.json`) still documents them together with the class names and input shape.
+(`<file>.json`) still documents them together with the class names and input shape. A multi-label model's
+`probabilities` are one sigmoid per class (rows do not sum to 1); its description adds `task: "multi_label"` and
+the per-class `thresholds` a label is predicted at (probability >= threshold).
 
 We use the TorchScript-based exporter (`dynamo=False`): it needs no extra packages (the
 torch.export-based one needs onnxscript) and handles every model in our registry.
@@ -35,11 +37,14 @@ OUTPUT_NAMES = ("logits", "probabilities")
 
 
 class _Preprocessed(nn.Module):
-    """uint8 NHWC in -> the model's logits and class probabilities out (same maths as inference.to_input)."""
+    """uint8 NHWC in -> the model's logits and class probabilities out (same maths as inference.to_input and
+    inference.probabilities; multi_label: a sigmoid per class)."""
 
-    def __init__(self, model: nn.Module, norm: dict, channels: int):
+    def __init__(self, model: nn.Module, norm: dict, channels: int, multi_label: bool | None = None):
         super().__init__()
         self.model = model
+        # (None: as the model says: models.layers.one_output_per_class tags multi-label models, which load_model_file rebuilds)
+        self.multi_label = getattr(model, "cnnlab_task", None) == "multi_label" if multi_label is None else multi_label
         self.scale = float(norm["scale"])
         mean = norm.get("mean") or [0.0] * channels
         std = norm.get("std") or [1.0] * channels
@@ -50,7 +55,9 @@ class _Preprocessed(nn.Module):
         x = images.permute(0, 3, 1, 2).float() * self.scale
         x = (x - self.mean) / self.std
         logits = self.model(x)
-        if logits.shape[1] == 1:  # one-logit binary head: [1 - p, p], as inference.probabilities
+        if self.multi_label:
+            probs = torch.sigmoid(logits)
+        elif logits.shape[1] == 1:  # one-logit binary head: [1 - p, p], as inference.probabilities
             p = torch.sigmoid(logits)
             probs = torch.cat([1 - p, p], dim=1)
         else:
@@ -112,7 +119,7 @@ def verify_onnx(clf: Classifier, sess, x: np.ndarray, tolerance: float = MAX_ABS
 def build_onnx_bytes(clf: Classifier, opset: int = DEFAULT_OPSET, label: str = "model") -> bytes:
     """The ONNX model (with preprocessing and metadata) as bytes; not yet verified."""
     c, h, w = clf.input_shape
-    wrapped = _Preprocessed(clf.model.float().eval(), clf.meta["normalization"], c).eval()
+    wrapped = _Preprocessed(clf.model.float().eval(), clf.meta["normalization"], c, clf.multi_label).eval()
     example = torch.zeros(2, h, w, c, dtype=torch.uint8)
     buf = io.BytesIO()
     try:
@@ -144,8 +151,9 @@ def sidecar_info(clf: Classifier, opset: int | None = DEFAULT_OPSET, format: str
         **({"opset": int(opset)} if opset is not None else {}),
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", h, w, c], "layout": "NHWC",
                   "resize": clf.resize},  # squash | crop | pad, as the model was trained (docs/deploy.md "Input")
-        "outputs": {"logits": ["batch", len(clf.class_names) if len(clf.class_names) > 2 else 1],
+        "outputs": {"logits": ["batch", len(clf.class_names) if len(clf.class_names) > 2 or clf.multi_label else 1],
                     "probabilities": ["batch", len(clf.class_names)]},
+        **({"task": "multi_label", "thresholds": [float(t) for t in clf.thresholds]} if clf.multi_label else {}),
         "preprocessing_in_graph": True,
         "normalization": clf.meta["normalization"],
         "preprocessing": "x = (float(images) * scale - mean) / std per channel, then NHWC -> NCHW; all inside the graph",

@@ -191,7 +191,8 @@ class ExportedModel:
         c, h, w = self.input_shape
         return {"model": self.info["model"], "model_args": self.info.get("model_args", {}), "class_names": self.class_names,
                 "input_shape": [c, h, w], "normalization": self.info.get("normalization"),
-                "cnnlab_version": self.info.get("cnnlab_version"), "format": self.format, "precision": self.precision}
+                "cnnlab_version": self.info.get("cnnlab_version"), "format": self.format, "precision": self.precision,
+                **{k: self.info[k] for k in ("task", "thresholds") if k in self.info}}  # multi-label: Classifier.describe reads them
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.runner(np.ascontiguousarray(x, dtype=np.uint8))
@@ -273,7 +274,9 @@ def _smoke_test(model: ExportedModel) -> None:
     except Exception as e:
         raise ModelError(f"{model.source}: the model does not run on a {h}x{w}x{c} image ({_first_line(e)})") from None
     k = len(model.class_names)
-    if probs.shape != (1, k) or not np.all(np.isfinite(logits)) or abs(float(probs.sum()) - 1) > 1e-2:
+    multi = model.info.get("task") == "multi_label"  # one sigmoid per class: each in [0, 1], no sum
+    sums_right = bool(np.all((probs >= 0) & (probs <= 1))) if multi else abs(float(probs.sum()) - 1) <= 1e-2
+    if probs.shape != (1, k) or not np.all(np.isfinite(logits)) or not sums_right:
         raise ModelError(f"{model.source}: answers probabilities of shape {probs.shape} for {k} classes (or not summing to 1) — export it again")
 
 

@@ -29,6 +29,7 @@ class ScoredSplit:
     probs: np.ndarray
     loss: float | None
     accuracy: float | None
+    thresholds: np.ndarray | None = None  # a multi-label model's per-class decision thresholds (probs: one sigmoid each)
 
     @property
     def n(self) -> int:
@@ -44,16 +45,22 @@ def score_split(clf, ds, split: str, batch_size: int | None = None, tta: bool = 
     names = clf.class_names
     y = np.asarray(s.y, dtype=np.int64)
     logits = ev["logits"] if len(y) else torch.empty(0, 1 if len(names) == 2 else len(names))
-    probs = probabilities(logits).numpy().astype(np.float64) if len(y) else np.zeros((0, len(names)))
-    return ScoredSplit(split, s, y, probs, M._num(ev["loss"]) if ev["n"] else None, M._num(ev["accuracy"]) if ev["n"] else None)
+    probs = probabilities(logits, clf.multi_label).numpy().astype(np.float64) if len(y) else np.zeros((0, len(names)))
+    return ScoredSplit(split, s, y, probs, M._num(ev["loss"]) if ev["n"] else None, M._num(ev["accuracy"]) if ev["n"] else None,
+                       clf.thresholds)
 
 
 def evaluation_report(scored: ScoredSplit, names: list[str]) -> dict:
     """Loss, accuracy, n, split plus classification_report and top_losses (the `evaluate --json` schema)."""
     y, probs = scored.y, scored.probs
-    report = M.classification_report(y, probs, names)
-    result = {"split": scored.split, "n": scored.n, "loss": scored.loss, **report, "accuracy": scored.accuracy,
-              "top_losses": M.top_losses(y, probs, names) if len(y) else []}
+    if scored.thresholds is not None:  # multi-label: accuracy per label at the model's thresholds (report's), not at 0.5
+        report = M.multi_label_classification_report(y, probs, names, scored.thresholds)
+        result = {"split": scored.split, "n": scored.n, "loss": scored.loss, **report,
+                  "top_losses": M.top_losses(y, probs, names, thresholds=scored.thresholds) if len(y) else []}
+    else:
+        report = M.classification_report(y, probs, names)
+        result = {"split": scored.split, "n": scored.n, "loss": scored.loss, **report, "accuracy": scored.accuracy,
+                  "top_losses": M.top_losses(y, probs, names) if len(y) else []}
     if scored.images.paths is not None and len(y):
         for r in result["top_losses"]:
             r["path"] = str(scored.images.paths[r["index"]])

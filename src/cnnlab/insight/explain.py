@@ -1,6 +1,7 @@
 """Explain predictions: Grad-CAM / Grad-CAM++ overlays, feature maps and first-layer filters, saved as PNGs.
 
-`explain(run, images)` is the API behind `cnnlab explain`; it returns one record per saved figure.
+`explain(run, images)` is the API behind `cnnlab explain`; it returns one record per saved figure. A multi-label
+model gets one Grad-CAM figure per predicted label (`<image>_<label>_gradcam.png`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def _save_explanation(img, results: list[tuple[str, dict]], title: str, path: Pa
     return save_figure(fig, path)
 
 
+def _file_part(name: str) -> str:
+    """A class name as part of a file name (letters, digits, - and _ kept)."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name) or "class"
+
+
 def explain(run, paths, *, method: str = "both", layer: str | None = None, class_name: str | None = None,
             feature_maps: bool = False, filters: bool = False, out: str | Path = "explain",
             note: Callable[[str], None] | None = None) -> list[dict]:
@@ -50,7 +56,7 @@ def explain(run, paths, *, method: str = "both", layer: str | None = None, class
     from cnnlab.engine.inference import to_input
     from cnnlab.engine.predictor import expand_image_paths, load_classifier
     from cnnlab.insight import features
-    from cnnlab.insight.gradcam import explain_image, fit_channels
+    from cnnlab.insight.gradcam import explain_image, fit_channels, labels_to_explain
 
     clf = load_classifier(run)
     paths = expand_image_paths(paths if isinstance(paths, (list, tuple)) else [paths])
@@ -68,14 +74,22 @@ def explain(run, paths, *, method: str = "both", layer: str | None = None, class
         if msg and note:
             note(msg)
         img = clf.load_image(p)
-        results = [(m, explain_image(clf, img, class_name, layer, m)) for m in methods]
-        first = results[0][1]
         stem = f"{i:03d}_{p.stem}" if len(paths) > 1 else p.stem
-        fig_path = _save_explanation(img, results, f"{p.name}: {first['class']} ({first['probability']:.1%})", out / f"{stem}_gradcam.png")
-        rec = {"path": str(p), "class": first["class"], "probability": first["probability"], "layer": first["layer"], "gradcam": str(fig_path)}
-        if feature_maps:
-            x = to_input(torch.from_numpy(fit_channels(img, c)[0][None].copy()), clf.meta["normalization"], clf.device)
-            fm_layer, maps = features.feature_maps(clf.model, x, layer)
-            rec["feature_maps"] = str(features.save_feature_maps(maps, fm_layer, out / f"{stem}_features_{fm_layer}.png"))
-        records.append(rec)
+        if clf.multi_label and class_name is None:  # each predicted label explained on its own
+            labels, above = labels_to_explain(clf, img)
+            if not above and note:
+                note(f"{p}: no label at or above its threshold — explaining the most probable, {labels[0]}")
+            targets = [(lb, f"{stem}_{_file_part(lb)}_gradcam.png") for lb in labels]
+        else:
+            targets = [(class_name, f"{stem}_gradcam.png")]
+        for n, (target, name) in enumerate(targets):
+            results = [(m, explain_image(clf, img, target, layer, m)) for m in methods]
+            first = results[0][1]
+            fig_path = _save_explanation(img, results, f"{p.name}: {first['class']} ({first['probability']:.1%})", out / name)
+            rec = {"path": str(p), "class": first["class"], "probability": first["probability"], "layer": first["layer"], "gradcam": str(fig_path)}
+            if feature_maps and n == 0:
+                x = to_input(torch.from_numpy(fit_channels(img, c)[0][None].copy()), clf.meta["normalization"], clf.device)
+                fm_layer, maps = features.feature_maps(clf.model, x, layer)
+                rec["feature_maps"] = str(features.save_feature_maps(maps, fm_layer, out / f"{stem}_features_{fm_layer}.png"))
+            records.append(rec)
     return records

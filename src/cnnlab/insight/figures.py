@@ -121,9 +121,27 @@ def save_prediction_grid(x: np.ndarray, y: np.ndarray, probs: np.ndarray, names:
     return save_figure(prediction_grid_figure(x, y, probs, names, n, seed), path)
 
 
+def multi_label_grid_figure(x: np.ndarray, y: np.ndarray, probs: np.ndarray, names: list[str], thresholds, n: int = 16,
+                            seed: int = 0) -> Figure:
+    """Random images with their predicted and true label sets; red where the sets differ."""
+    from cnnlab.engine.multilabel import grid_titles
+
+    idx = np.random.default_rng(seed).choice(len(x), size=min(n, len(x)), replace=False)
+    titles, exact = grid_titles(probs[idx], y[idx], names, thresholds)
+    return grid_figure(x[idx], titles, [OK_COLOUR if ok else WRONG_COLOUR for ok in exact], suptitle="predictions (red: not exactly the true labels)")
+
+
 def write_evaluation_plots(out_dir: str | Path, x: np.ndarray, y: np.ndarray, probs: np.ndarray, report: dict, names: list[str]) -> dict[str, str]:
-    """All evaluation figures into out_dir; returns {figure name: path}."""
+    """All evaluation figures into out_dir; returns {figure name: path}. Multi-label: per-class bars, top losses and
+    the prediction grid (a confusion matrix and a top-class calibration do not apply)."""
     out = Path(out_dir)
+    if report.get("task") == "multi_label":
+        thresholds = [report["thresholds"][c] for c in names]
+        files = {"per_class": save_per_class_bars(report, out / "per_class.png")}
+        if len(x):
+            files["top_losses"] = save_top_losses(x, M.top_losses(y, probs, names, thresholds=thresholds), out / "top_losses.png")
+            files["predictions"] = save_figure(multi_label_grid_figure(x, y, probs, names, thresholds), out / "prediction_grid.png")
+        return {k: str(v) for k, v in files.items()}
     files = {
         "confusion_matrix": save_confusion_matrix(report, out / "confusion_matrix.png"),
         "calibration": save_reliability_diagram(report, out / "calibration.png"),

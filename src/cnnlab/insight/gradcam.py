@@ -12,6 +12,9 @@ Grad-CAM in five steps:
      gradients by alpha = g^2 / (2 g^2 + sum(A) g^3) (Chattopadhyay et al. 2018);
   4. ReLU(sum_k w_k A_k): keep what speaks *for* the class;
   5. upsample to the input size and scale to [0, 1] (eps-guarded: flat gradients give zeros, not NaN).
+
+A multi-label model has one sigmoid output per class: the score of a class is its own logit, so the same steps explain
+each label; `labels_to_explain` picks every label at or above its threshold (the most probable one when none is).
 """
 
 from __future__ import annotations
@@ -203,12 +206,22 @@ def fit_channels(image: np.ndarray, channels: int) -> tuple[np.ndarray, str | No
     raise DataError(f"image has {c} channels but the model expects {channels}")
 
 
+def labels_to_explain(clf, image: np.ndarray) -> tuple[list[str], bool]:
+    """A multi-label model's labels for one uint8 (H, W, C) image at its input size: every label at or above its
+    threshold, most probable first, and True; or, when none is, the most probable label and False."""
+    img = np.array(fit_channels(np.asarray(image), clf.input_shape[0])[0], copy=True)
+    probs = clf.predict_proba(img[None])[0]
+    order = np.argsort(-probs, kind="stable")
+    above = [clf.class_names[i] for i in order if probs[i] >= clf.thresholds[i]]
+    return (above, True) if above else ([clf.class_names[int(order[0])]], False)
+
+
 def explain_image(clf, image: np.ndarray, class_name: str | None = None, layer: str | None = None, method: str = "gradcam") -> dict:
     """Grad-CAM of one uint8 (H, W, C) image at the model's input size for a loaded Classifier.
 
     Returns {"class", "probability", "heatmap" (H, W) float32, "overlay" uint8 (H, W, 3), "layer"}.
-    The class is `class_name` if given, else the predicted one; an image with the wrong channel count
-    is converted (RGB <-> greyscale).
+    The class is `class_name` if given, else the predicted one (multi-label: the most probable label; its probability
+    is that class's own sigmoid); an image with the wrong channel count is converted (RGB <-> greyscale).
     """
     from cnnlab.engine.inference import to_input
 

@@ -3,6 +3,11 @@
 `classification_report(y_true, probs, class_names)` returns the stable JSON schema documented in
 docs/insight.md. Probabilities are (N, K) (the binary one-logit head already expanded to [1-p, p]).
 Values that are undefined (e.g. ROC-AUC when a class is missing from the split) are None (JSON null).
+
+Multi-label models (y multi-hot (N, K), probs one sigmoid per class, a threshold per class):
+`multi_label_classification_report` — per-class precision/recall/F1/AP, micro and macro averages, mAP — computed
+in numpy by engine/multilabel.py (training picks its best epoch by the same mAP) and checked against
+scikit-learn in tests/test_multilabel.py.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import math
 import warnings
 
 import numpy as np
+
+from cnnlab.engine.multilabel import multi_label_report, predicted_labels
 
 CALIBRATION_BINS = 10
 
@@ -106,16 +113,35 @@ def classification_report(y_true: np.ndarray, probs: np.ndarray, class_names: li
     }
 
 
+def multi_label_classification_report(y_true: np.ndarray, probs: np.ndarray, class_names: list[str], thresholds) -> dict:
+    """What `evaluate --json` reports for a multi-label model besides loss/n/split (docs/insight.md)."""
+    return multi_label_report(np.asarray(y_true), np.asarray(probs, dtype=np.float64), class_names, thresholds)
+
+
 def per_sample_losses(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Cross-entropy of each sample's true class (the 'top losses' ranking), eps-guarded."""
+    """Cross-entropy of each sample's true class (the 'top losses' ranking), eps-guarded; multi-hot labels: binary
+    cross-entropy averaged over the classes."""
+    if np.ndim(y_true) == 2:
+        p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
+        y = np.asarray(y_true, dtype=np.float64)
+        return -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(1)
     p = probs[np.arange(len(y_true)), np.asarray(y_true, dtype=np.int64)]
     return -np.log(np.clip(p, 1e-12, 1.0))
 
 
-def top_losses(y_true: np.ndarray, probs: np.ndarray, class_names: list[str], limit: int = 16) -> list[dict]:
-    """The samples the model got most wrong: index, loss, prediction, its probability, truth."""
+def top_losses(y_true: np.ndarray, probs: np.ndarray, class_names: list[str], limit: int = 16, thresholds=None) -> list[dict]:
+    """The samples the model got most wrong: index, loss, prediction, its probability, truth. Multi-label (`thresholds`):
+    prediction and truth are label sets as words ("cat dog", "(none)"), probability the highest of the image's."""
     losses = per_sample_losses(y_true, probs)
     order = np.argsort(-losses, kind="stable")[:limit]
+    if thresholds is not None:
+        pred = predicted_labels(probs, thresholds)
+
+        def words(row) -> str:
+            return " ".join(c for c, v in zip(class_names, row) if v) or "(none)"
+
+        return [{"index": int(i), "loss": _num(losses[i]), "predicted": words(pred[i]), "probability": float(np.max(probs[i])),
+                 "true": words(np.asarray(y_true[i]).astype(bool))} for i in order]
     return [{"index": int(i), "loss": _num(losses[i]), "predicted": class_names[int(probs[i].argmax())],
              "probability": float(probs[i].max()), "true": class_names[int(y_true[i])],
              "true_probability": float(probs[i, int(y_true[i])])} for i in order]

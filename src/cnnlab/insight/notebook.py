@@ -76,6 +76,9 @@ def augmented_samples(ds: Dataset, augment: str = "auto", aug_args: dict | None 
     h, w, c = ds.image_shape
     preset = scratch_augment(c, min(h, w)) if augment == "auto" else augment
     ops = resolve_ops(preset, dict(aug_args or {}))
+    if ds.multi_label:  # the pixels as training sees them; a mixed image trains on a blend of two label sets
+        imgs, notes = augment_uint8(x, np.zeros(len(x), dtype=np.int64), ops, seed or 0, training_size(train_size, x.shape[1:3]))
+        return imgs, [ds.label_text(v) + (" (mixed)" if note else "") for v, note in zip(y, notes)], preset
     imgs, notes = augment_uint8(x, y, ops, seed or 0, training_size(train_size, x.shape[1:3]))
     titles = [partner_title(ds.class_names[int(v)] + note, ds.class_names) for v, note in zip(y, notes)]
     return imgs, titles, preset

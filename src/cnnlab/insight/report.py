@@ -3,7 +3,9 @@
 It leads with what a user came for, then how it was made. Sections: results (final and best accuracy and loss:
 test, val, train), training curves + per-epoch table, evaluation (metrics table, per-class table, confusion
 matrix), sample predictions, top losses, Grad-CAM examples; then the dataset (class counts, sample and augmented
-grids), the model summary, the run's metadata (status, versions, timings) and the resolved config.
+grids), the model summary, the run's metadata (status, versions, timings) and the resolved config. A multi-label
+run adds mAP to the results, and its evaluation shows per-class precision/recall/F1/AP at each class's threshold
+with micro and macro averages instead of a confusion matrix.
 Written at the end of every training run (api.train) and by `cnnlab report RUN [--data SPEC]`.
 """
 
@@ -74,28 +76,35 @@ def _section_results(run: RunFolder, res: dict | None) -> str:
     rows_m = run.metrics() if run.metrics_csv.exists() else []
     final = info.get("final") or (rows_m[-1] if rows_m else {})
     rows = []
+    multi = (info.get("dataset") or {}).get("task") == "multi_label" or (res is not None and res.get("task") == "multi_label")
     test = info.get("test")
     if test:
         rows.append(["test" + (" (TTA)" if test.get("tta") else ""), _pct(test.get("accuracy")), _fmt(test.get("loss")), test.get("n", "-"),
-                     "end of training"])
+                     "end of training", _fmt(test.get("map"))])
     if final.get("val_accuracy") is not None:
-        rows.append(["val", _pct(final.get("val_accuracy")), _fmt(final.get("val_loss")), "", f"final epoch ({final.get('epoch', '-')})"])
+        rows.append(["val", _pct(final.get("val_accuracy")), _fmt(final.get("val_loss")), "", f"final epoch ({final.get('epoch', '-')})",
+                     _fmt(final.get("val_map"))])
     best = info.get("best")
     if best is None and rows_m:
         vals = [r for r in rows_m if isinstance(r.get("val_accuracy"), float) and r["val_accuracy"] == r["val_accuracy"]]
         top = max(vals, key=lambda r: r["val_accuracy"], default=None)
         best = {"accuracy": top["val_accuracy"], "epoch": top["epoch"]} if top else None
     if best:
-        rows.append(["val (best epoch)", _pct(best.get("accuracy")), "", "", f"epoch {best.get('epoch', '-')}"])
+        rows.append(["val (best epoch)", _pct(best.get("accuracy")), "", "", f"epoch {best.get('epoch', '-')}", _fmt(best.get("map"))])
     if final.get("train_accuracy") is not None:
-        rows.append(["train", _pct(final.get("train_accuracy")), _fmt(final.get("train_loss")), "", f"final epoch ({final.get('epoch', '-')})"])
+        rows.append(["train", _pct(final.get("train_accuracy")), _fmt(final.get("train_loss")), "", f"final epoch ({final.get('epoch', '-')})", ""])
     if res is not None and not (test and res["split"] == "test" and res["n"] == test.get("n") and not test.get("tta")):
-        rows.append([f"{res['split']} (this report)", _pct(res["accuracy"]), _fmt(res["loss"]), res["n"], "evaluated for this page, fp32"])
+        rows.append([f"{res['split']} (this report)", _pct(res["accuracy"]), _fmt(res["loss"]), res["n"], "evaluated for this page, fp32",
+                     _fmt(res.get("map"))])
     status = info.get("status")
     note = "" if status in (None, "completed") else f'<p class="muted">status: {html.escape(str(status))}</p>'
     if not rows:
         return "<h2>Results</h2>" + note + '<p class="muted">no metrics recorded</p>'
-    return "<h2>Results</h2>" + note + _table(["split", "accuracy", "loss", "images", "when"], rows)
+    if not multi:
+        return "<h2>Results</h2>" + note + _table(["split", "accuracy", "loss", "images", "when"], [r[:5] for r in rows])
+    return ("<h2>Results</h2>" + note + '<p class="muted">multi-label: accuracy is the share of label decisions that are right'
+            " (per image and class), mAP the mean average precision over the classes; the best epoch is the one with the best val"
+            " mAP</p>" + _table(["split", "accuracy", "loss", "images", "when", "mAP"], rows))
 
 
 def _section_run(run: RunFolder) -> str:
@@ -194,9 +203,27 @@ def _evaluate(clf, ds) -> tuple[dict, object]:
     return evaluate_split_with_images(clf, ds, ds.default_eval_split(), batch_size=REPORT_BATCH)
 
 
+def _section_multi_label_evaluation(res: dict) -> str:
+    from cnnlab.insight import figures
+
+    return "".join([
+        f"<h2>Evaluation ({html.escape(res['split'])}, {res['n']} images)</h2>",
+        _table(["metric", "value"], [["loss", _fmt(res["loss"])], ["mAP", _fmt(res["map"])], ["micro F1", _fmt(res["micro_avg"]["f1"])],
+                                     ["macro F1", _fmt(res["macro_avg"]["f1"])], ["accuracy per label", _fmt(res["accuracy"])],
+                                     ["exact match", _fmt(res["exact_match"])]]),
+        _table(["class", "precision", "recall", "f1", "AP", "support", "predicted", "threshold"],
+               [[r["class"], _fmt(r["precision"]), _fmt(r["recall"]), _fmt(r["f1"]), _fmt(r["average_precision"]), r["support"],
+                 r["predicted"], f"{r['threshold']:.3f}"] for r in res["per_class"]]
+               + [[n.replace("_", " "), _fmt(res[n]["precision"]), _fmt(res[n]["recall"]), _fmt(res[n]["f1"]), "", "", "", ""]
+                  for n in ("micro_avg", "macro_avg")]),
+        _fig(figures.per_class_figure(res), "per-class precision, recall and F1")])
+
+
 def _section_evaluation(res: dict) -> str:
     from cnnlab.insight import figures
 
+    if res.get("task") == "multi_label":
+        return _section_multi_label_evaluation(res)
     return "".join([
         f"<h2>Evaluation ({html.escape(res['split'])}, {res['n']} images)</h2>",
         _table(["metric", "value"], [["loss", _fmt(res["loss"])], ["accuracy", _fmt(res["accuracy"])], ["ROC-AUC", _fmt(res["roc_auc"])],
@@ -225,6 +252,7 @@ def _section_top_losses(res: dict, scored) -> str:
 
 
 def _section_gradcam(clf, scored, names: list[str], n: int) -> str:
+    from cnnlab.data.dataset import label_text
     from cnnlab.insight.gradcam import explain_image
     from cnnlab.plotting import grid_figure
 
@@ -236,7 +264,8 @@ def _section_gradcam(clf, scored, names: list[str], n: int) -> str:
         img = scored.x[i]
         e = explain_image(clf, img)
         tiles += [img if img.shape[2] == 3 else np.repeat(img, 3, axis=2), e["overlay"]]
-        titles += [f"true {names[int(scored.y[i])]}", f"{e['class']} {e['probability']:.0%} · {e['layer']}"]
+        truth = label_text(scored.y[i], names)  # multi-label: every true label
+        titles += [f"true {truth}", f"{e['class']} {e['probability']:.0%} · {e['layer']}"]
     return "<h2>Grad-CAM (predicted class)</h2>" + _fig(grid_figure(np.stack(tiles), titles), "Grad-CAM examples")
 
 

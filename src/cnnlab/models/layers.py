@@ -16,8 +16,36 @@ ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "relu6": nn.Re
 
 
 def head_outputs(num_classes: int) -> int:
-    """Binary problems use one sigmoid output; K classes use K softmax outputs."""
+    """Binary problems use one sigmoid output; K classes use K softmax outputs (multi-label: one_output_per_class)."""
     return 1 if num_classes == 2 else num_classes
+
+
+def classifier_layer(model: nn.Module) -> tuple[str, nn.Linear] | None:
+    """(name, module) of the linear layer that produces the class scores: a pretrained net's `head_name`, else the
+    last nn.Linear registered (every registry family registers its classifier last); None without one."""
+    name = getattr(model, "head_name", None)
+    if name is not None and isinstance(model.get_submodule(name), nn.Linear):
+        return name, model.get_submodule(name)
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def one_output_per_class(model: nn.Module, num_classes: int) -> nn.Module:
+    """Make a registry model multi-label: one independent sigmoid output per class. Only two classes need a change
+    (a single-label model has one output for them); the model is tagged `cnnlab_task = "multi_label"`, which model
+    files record."""
+    found = classifier_layer(model)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no linear classifier layer to give one output per class")
+    name, fc = found
+    if fc.out_features != num_classes:
+        if fc.out_features != head_outputs(num_classes):
+            raise ValueError(f"{type(model).__name__}'s classifier {name!r} has {fc.out_features} outputs, not {num_classes}")
+        parent, _, child = name.rpartition(".")
+        new = nn.Linear(fc.in_features, num_classes, bias=fc.bias is not None).to(fc.weight.device, fc.weight.dtype)
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    model.cnnlab_task = "multi_label"
+    return model
 
 
 def conv_bn_act(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: str | None = "relu") -> nn.Sequential:

@@ -167,7 +167,7 @@ class TensorBoardTracker(Callback):
         --ema) on the test split, else val; None without a dataset or either split."""
         ds = self.dataset
         split = next((s for s in ("test", "val") if ds is not None and s in ds.splits and len(ds.splits[s])), None)
-        if split is None:
+        if split is None or ds.multi_label:  # several labels per image: no confusion matrix
             return None
         import torch
 

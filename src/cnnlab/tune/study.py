@@ -136,6 +136,9 @@ def tune(data, trials: int | None, *, out: str | Path = "runs/tune", space: dict
 
     ds = data if isinstance(data, Dataset) else session.load_dataset(data, **{k: getattr(base, k) for k in session.DATA_KEYS})
     base = session.config_for(base.model, ds, base=base)
+    if ds.multi_label:  # the objectives (val accuracy, val loss) and pruning are single-label
+        raise ConfigError(f"{ds.spec}: cnnlab tune does not take multi-label data yet — train with cnnlab train (the best epoch is"
+                          " chosen by val mAP)")
     if "val" not in ds.splits or not len(ds.splits["val"]):
         raise ConfigError(f"{ds.spec}: tuning needs a validation split — pass --val-split 0.1 or data with a val/ folder")
 

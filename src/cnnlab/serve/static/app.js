@@ -27,7 +27,10 @@ async function classify(file) {
     const body = await r.json();
     if (!r.ok) throw new Error(body.detail || r.statusText);
     const p = body.predictions[0];
-    $("label").textContent = `${p.class} (${(100 * p.probability).toFixed(1)}%)`;
+    // a multi-label model answers every label at or above its threshold (possibly none)
+    $("label").textContent = p.labels
+      ? (p.labels.map((l) => `${l.class} (${(100 * l.probability).toFixed(1)}%)`).join(", ") || "no label above its threshold")
+      : `${p.class} (${(100 * p.probability).toFixed(1)}%)`;
     $("bars").replaceChildren(...p.top_k.map((t) => {
       const li = document.createElement("li");
       const name = document.createElement("span");
