@@ -1,4 +1,9 @@
-"""Every command in docs/tutorial.md runs, in order, in an empty folder."""
+"""Every command in docs/tutorial.md runs, in order, in an empty folder.
+
+The commands run in this process through cnnlab's own entry point (`cnnlab.__main__.main`, what the `cnnlab`
+script calls), from the folder the page starts in: the same code path without a fresh interpreter and torch
+import per command (~2 s each, 20+ commands). tests/test_cli_e2e.py and tests/test_core_install.py run real
+`cnnlab` processes."""
 
 from __future__ import annotations
 
@@ -16,15 +21,15 @@ def blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", TUTORIAL.read_text(encoding="utf-8"), flags=re.S)
 
 
-def test_tutorial_commands_and_python_run(tmp_path):
+def test_tutorial_commands_and_python_run(tmp_path, monkeypatch, cli):
     commands = [ln.strip() for b in blocks("bash") for ln in b.splitlines() if ln.strip()]
     assert len(commands) >= 8 and all(c.startswith("cnnlab ") for c in commands)
+    monkeypatch.chdir(tmp_path)
     outputs = {}
     for cmd in commands:
-        argv = shlex.split(cmd)
-        p = subprocess.run([sys.executable, "-m", "cnnlab", *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-        assert p.returncode == 0, (cmd, p.stdout[-2000:], p.stderr[-2000:])
-        outputs[cmd] = p.stdout
+        r = cli(*shlex.split(cmd)[1:])
+        assert r.code == 0, (cmd, r.out[-2000:], r.err[-2000:])
+        outputs[cmd] = r.out
     assert (tmp_path / "sample.png").is_file() and (tmp_path / "grid.png").is_file() and (tmp_path / "prediction.png").is_file()
     ev = json.loads(outputs["cnnlab evaluate runs/seed --data data --json"])
     assert ev["split"] == "test" and ev["n"] == 360 and ev["accuracy"] > 0.8
