@@ -316,3 +316,14 @@ def test_a_damaged_thresholds_entry_is_one_line(trained, cli, tmp_path):
     assert not clf.multi_label and clf.thresholds is None
     c, h, w = clf.input_shape
     assert clf.predict_proba(np.zeros((1, h, w, c), np.uint8)).sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_data_check_reads_a_multi_label_table_as_training_would(cli, tmp_path):
+    table = make_table(tmp_path, n=12, delim="|")
+    (tmp_path / "imgs" / "im003.png").write_bytes(b"not a png")  # one unreadable image: check lists it, exit 2
+    r = cli("data", "check", table, "--label-delim", "|", "--json")
+    rep = json.loads(r.out)
+    assert r.code == 2 and rep["classes"] == sorted(CLASSES) and rep["images"] == 12
+    assert [Path(b["path"]).name for b in rep["bad"]] == ["im003.png"]
+    r = cli("data", "check", table)  # without --label-delim, as training: an empty cell is an error, and the message says why
+    assert r.code == 2 and "is empty on lines 2, 13" in r.err and "--label-delim '|'" in r.err and r.err.count("\n") == 1, r

@@ -27,7 +27,7 @@ def register(sub) -> None:
 
     q = actions.add_parser("check", help="list every file training would skip, with its reason (exit 2 when any)")
     q.add_argument("spec", metavar="SPEC")
-    add_data_options(q, only=("image_shape", "channels", "classes"))  # what reading the files needs
+    add_data_options(q, only=("image_shape", "channels", "classes", "labels", "file_col", "label_col", "label_delim"))  # what reading needs
     q.add_argument("--show-ignored", action="store_true", help="also list ignored files (.DS_Store, Thumbs.db, non-image extensions)")
     q.add_argument("--json", action="store_true", help="print one JSON object (keys: spec, format, images, ok, classes, splits, bad, ignored)")
     q.set_defaults(func=cmd_check)

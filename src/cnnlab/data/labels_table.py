@@ -151,8 +151,10 @@ def read_labels_table(path: str | os.PathLike, *, file_col: str | None = None, l
     if empty_files:
         raise DataError(f"{path}: the file column {header[fcol]!r} is empty on {lines_text(empty_files)} — name each row's image file")
     if empty_labels and label_delim is None:
+        seps = [d for d in ("|", " ", ";") if any(d in r.labels[0] for r in rows if r.labels)]  # "cat|dog": a multi-label table
+        hint = f", or read it as multi-label (several labels or none per image) with --label-delim {seps[0]!r}" if seps else ""
         raise DataError(f"{path}: the label column {header[lcol]!r} is empty on {lines_text(empty_labels)}"
-                        " — give those rows a label or remove them")
+                        f" — give those rows a label or remove them{hint}")
     if label_delim is not None and not any(len(r.labels) > 1 for r in rows):
         if empty_labels:
             raise DataError(f"{path}: the label column {header[lcol]!r} is empty on {lines_text(empty_labels)}"
