@@ -1,10 +1,11 @@
-# Two entry points: `make demo` and `make test`. Both create .venv on a fresh machine.
+# Entry points: `make demo`, `make test` and `make probe` (the bad-input probe alone, RELIABILITY.md). Each creates .venv on a
+# fresh machine.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test install dev clean
+.PHONY: demo test probe install dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
+
+probe: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q tests/test_probe.py
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

@@ -127,7 +127,7 @@ def test_resume_of_a_fine_tuning_run_is_bit_identical(cli, data, tmp_path, monke
 
     monkeypatch.setattr(trainer, "batch_generator", interrupt_in_epoch_3)
     r = cli(*args, "--out", tmp_path / "cut")
-    assert r.code == 1 and "--resume" in r.err, r
+    assert r.code == 130 and "--resume" in r.err, r
     assert torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["epoch"] == 3
     monkeypatch.setattr(trainer, "batch_generator", real)
     assert cli("train", "--resume", tmp_path / "cut", "--quiet").code == 0
@@ -144,7 +144,7 @@ def test_an_interrupt_during_feature_extraction_says_there_is_nothing_to_resume(
 
     monkeypatch.setattr(finetune, "pooled_features", interrupted)
     r = cli("train", "--data", data, *LITE0, "--freeze", "--epochs", "2", "--out", tmp_path / "x")
-    assert r.code == 1 and "before the first checkpoint" in r.err and "start the run again" in r.err, r
+    assert r.code == 130 and "before the first checkpoint" in r.err and "start the run again" in r.err, r
 
 
 @pytest.mark.parametrize("args, message", [

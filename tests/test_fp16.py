@@ -65,7 +65,7 @@ def test_an_fp16_run_resumes_bit_identical_with_the_scaler_state(cli, tmp_path, 
 
     monkeypatch.setattr(trainer, "to_input", interrupt_in_epoch_2)
     r = cli(*args, "--out", tmp_path / "cut")
-    assert r.code == 1 and "--resume" in r.err, r
+    assert r.code == 130 and "--resume" in r.err, r
     state = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
     assert state["epoch"] == 2 and state["grad_scaler"]["scale"] > 1  # the loss scale travels with the checkpoint
     monkeypatch.setattr(trainer, "to_input", real)

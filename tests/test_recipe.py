@@ -166,7 +166,7 @@ def test_resume_is_bit_identical_with_the_full_recipe(cli, data, tmp_path, monke
 
     monkeypatch.setattr(trainer, "batch_generator", interrupt_at_batch_7)
     r = cli(*args, "--out", tmp_path / "cut")
-    assert r.code == 1 and "--resume" in r.err, r
+    assert r.code == 130 and "--resume" in r.err, r
     state = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
     assert (state["epoch"], state["step"]) == (2, 2) and state["ema"] is not None
     monkeypatch.setattr(trainer, "batch_generator", real)

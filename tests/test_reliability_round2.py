@@ -85,7 +85,7 @@ def test_several_ctrl_c_in_quick_succession_leave_a_clean_interrupted_run(tmp_pa
         p.send_signal(signal.SIGINT)
         time.sleep(0.002 * attempt)
     out, err = p.communicate(timeout=120)
-    assert p.returncode in (1, 130), (p.returncode, err)
+    assert p.returncode == 130, (p.returncode, err)  # interrupted (128 + SIGINT), wherever the burst lands
     assert "internal error" not in err and "Traceback" not in err, err
     assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
     assert not list(run.glob(".*.tmp")), list(run.iterdir())

@@ -162,7 +162,7 @@ def test_streamed_run_interrupted_mid_epoch_resumes_bit_identical(cli, folder, i
 
     monkeypatch.setattr(trainer, "to_input", to_input)
     r = cli("train", "--data", folder, *TRAIN, "--stream", "--out", run)
-    assert r.code == 1 and f"cnnlab train --resume {run}" in r.err and "Traceback" not in r.err, r
+    assert r.code == 130 and f"cnnlab train --resume {run}" in r.err and "Traceback" not in r.err, r
     state = torch.load(run / "last.ckpt", weights_only=True)
     assert (state["epoch"], state["step"]) == (2, 1)
     monkeypatch.setattr(trainer, "to_input", real_to_input)

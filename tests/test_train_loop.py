@@ -62,7 +62,7 @@ def test_accumulation_resumes_exactly_after_a_stop(cli, data, tmp_path, monkeypa
         return real(*a, **k)
 
     monkeypatch.setattr(trainer, "to_input", interrupt)
-    assert cli(*args, "--out", tmp_path / "cut").code == 1
+    assert cli(*args, "--out", tmp_path / "cut").code == 130
     state = load_checkpoint(tmp_path / "cut")
     assert (state["epoch"], state["step"]) == (1, 6)  # at the next optimizer step: no gradients half added up
     monkeypatch.setattr(trainer, "to_input", real)

@@ -119,7 +119,7 @@ def test_resume_keeps_the_training_size_and_ends_bit_identical(cli, tmp_path, mo
 
     monkeypatch.setattr(trainer, "batch_generator", interrupt_at_batch_4)
     r = cli(*args, "--out", tmp_path / "cut")
-    assert r.code == 1 and "--resume" in r.err, r
+    assert r.code == 130 and "--resume" in r.err, r
     monkeypatch.setattr(trainer, "batch_generator", real)
     r = cli("train", "--resume", tmp_path / "cut", "--quiet")
     assert r.code == 0, r

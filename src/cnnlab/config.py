@@ -334,6 +334,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if p.is_dir() and (p / "config.yaml").is_file():
         p = p / "config.yaml"
+    if p.is_dir():
+        raise ConfigError(f"{p}: a folder without config.yaml — pass a YAML file or a run folder (which holds config.yaml)")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist — pass a YAML file or a run folder")
     import yaml  # here, not at the top: `cnnlab --help` never needs it

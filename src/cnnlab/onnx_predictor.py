@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnlab.data import images, prediction
-from cnnlab.errors import ConfigError, ModelError
+from cnnlab.errors import ConfigError, ModelError, first_line
 
 BACKENDS = ("auto", "torch", "onnxruntime")
 
@@ -64,7 +64,7 @@ class OnnxClassifier:
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime's own exception types: a damaged or foreign file
-            raise ModelError(f"{self.path}: onnxruntime cannot load it ({str(e).splitlines()[0][:120]}) — export it again") from None
+            raise ModelError(f"{self.path}: onnxruntime cannot load it ({first_line(e, 120)}) — export it again") from None
 
     def load_image(self, path: str | Path) -> np.ndarray:
         c, h, w = self.input_shape

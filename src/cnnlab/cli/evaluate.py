@@ -128,6 +128,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if not args.random and not args.paths:
         raise ConfigError("predict needs IMAGE_OR_FOLDER paths, or --data SPEC --random")
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be a whole number of at least 1 (the classes listed per image), got {args.top_k}")
     lite = None if args.random else predictor_for(args.run, args.backend, args.tta)  # an ONNX export: no torch import
     if lite is not None:
         results = lite.predict_files(expand_image_paths(args.paths), args.top_k)

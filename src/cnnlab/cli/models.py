@@ -20,7 +20,10 @@ def register(sub) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from cnnlab import models
+    from cnnlab.errors import ConfigError
 
+    if args.image_size < 1:  # else the first model in the list would be named as the problem
+        raise ConfigError(f"--image-size must be a whole number of pixels of at least 1, got {args.image_size}")
     if args.pretrained:
         return _print_weight_sets(args.json)
 

@@ -28,7 +28,8 @@ def convert(ds: Dataset, out: str | Path, to: str, overwrite: bool = False) -> d
                           " (one 0/1 column per class)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
-            raise CnnlabError(f"{out}: already exists and is not empty — choose another OUT or pass --overwrite")
+            raise CnnlabError(f"{out}: {'is a file' if not out.is_dir() else 'already exists and is not empty'} — choose another OUT"
+                              " or pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

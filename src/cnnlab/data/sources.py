@@ -94,7 +94,10 @@ def load_dataset(
     else:
         path = Path(spec).expanduser()
         if not path.exists():
-            raise DataError(f"{spec}: no such file or folder — pass a dataset folder, an .npz file or builtin:shapes")
+            if path.is_symlink():  # exists() follows the link: a loop or a dangling link is not "no such file"
+                raise DataError(f"{spec}: a symbolic link to {os.readlink(path)!r}, which leads nowhere (a loop, or its target is"
+                                " gone) — fix the link or pass the dataset folder itself")
+            raise DataError(_no_such_dataset(spec))
         if path.is_file() and (path.name == "input.csv" or (path.name in SEED_FILES and (path.parent / "input.csv").is_file())):
             path = path.parent
         if labels is not None or _is_table_file(path):
@@ -186,7 +189,11 @@ def with_validation_split(ds: Dataset, fraction: float, seed: int) -> Dataset:
 
     train = ds.splits["train"]
     n_val = int(round(len(train) * fraction))
-    if n_val < 1 or len(train) - n_val < 1:
+    if n_val >= 1 and len(train) - n_val < 1:  # asked for, but it would take every training image: say so, train without
+        note = (f"no validation split: --val-split {fraction:g} of {len(train)} training images would leave none to train on;"
+                " training without validation (lower --val-split to hold some out)")
+        return dataclasses.replace(ds, load_options=dict(ds.load_options), ignored_files=list(ds.ignored_files), notes=[*ds.notes, note])
+    if n_val < 1:
         return ds
     notes = list(ds.notes)
     if np.ndim(train.y) == 2:
@@ -272,6 +279,13 @@ def _load_seed_csv(folder: Path, image_shape, classes) -> Dataset:
 
 
 def _load_npz(path: Path, classes) -> Dataset:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise DataError(f"{path.name}: cannot read it ({e.strerror or e.__class__.__name__})") from None
+    if magic != b"PK\x03\x04":  # np.load reads anything else as a pickle, and would say so ("cannot read without pickle")
+        raise DataError(f"{path.name}: not a readable .npz file (not a zip archive) — save with np.savez(path, x=images, y=labels)")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -669,6 +683,18 @@ def _table_notes(table: labels_table.LabelsTable, root: Path, match: labels_tabl
     return notes
 
 
+def _no_such_dataset(spec: str) -> str:
+    """Why --data SPEC names nothing here, and what it takes instead (a URL is never fetched; a near miss of a name)."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", spec):
+        return (f"{spec}: --data takes local files and folders, never URLs — download the dataset and pass its folder"
+                f" (public datasets by name: {', '.join(public.CATALOGUE)})")
+    import difflib
+
+    close = difflib.get_close_matches(spec.lower(), [*public.CATALOGUE, "builtin:shapes", "builtin:digits"], n=1, cutoff=0.8)
+    return (f"{spec}: no such file or folder{f' (did you mean {close[0]}?)' if close else ''} — pass a dataset folder, an .npz"
+            f" file, builtin:shapes or a public dataset name ({', '.join(public.CATALOGUE)})")
+
+
 def _parse_options(spec: str, allowed: dict[str, type]) -> dict:
     name, _, query = spec.partition("?")
     opts = {}
@@ -678,7 +704,8 @@ def _parse_options(spec: str, allowed: dict[str, type]) -> dict:
         try:
             opts[key] = allowed[key](value)
         except ValueError:
-            raise DataError(f"{spec}: option {key}={value!r} must be a {allowed[key].__name__}") from None
+            kind = {int: "a whole number", float: "a number"}.get(allowed[key], f"of type {allowed[key].__name__}")
+            raise DataError(f"{spec}: option {key}={value!r} must be {kind}") from None
     return opts
 
 

@@ -47,7 +47,7 @@ from cnnlab.data.sources import with_validation_split
 from cnnlab.data.stream import LazyImages, StreamSplit
 from cnnlab.engine import run_dir as rd
 from cnnlab.engine import session
-from cnnlab.errors import CnnlabError, ConfigError, DataError, TrainingError
+from cnnlab.errors import CnnlabError, ConfigError, DataError, TrainingError, TrainingInterrupted
 from cnnlab.io import write_text_atomic
 
 FOLDS_JSON, HELDOUT_CSV = "folds.json", "heldout.csv"
@@ -268,8 +268,8 @@ def _run(cv: CrossValidation, ds: Dataset, pool: Split, fold: np.ndarray, quiet:
                                           spent_seconds=spent_seconds, callbacks=callbacks)
         except TrainingError as e:
             raise _stopped(cv, number, run, e) from None
-        except KeyboardInterrupt:
-            raise _stopped(cv, number, run, None) from None
+        except KeyboardInterrupt as k:  # (engine.signals.Signalled, a KeyboardInterrupt, carries the signal's name)
+            raise _stopped(cv, number, run, None, k.args[0] if k.args and isinstance(k.args[0], str) else "SIGINT") from None
         run_cfg = config_from_dict(result.meta["config"], source=str(run)) if result.meta.get("config") else cfg
         index, probs = score_heldout(result.model, result.meta["normalization"], fd.splits["test"], run_cfg, len(cv.class_names))
         outcome = _outcome(cv, number, run, fd, heldout_index, index, probs, {"seconds": round(time.perf_counter() - t0, 3)})
@@ -287,7 +287,7 @@ def _add(cv: CrossValidation, outcome: "FoldOutcome") -> None:
     cv.write_state()
 
 
-def _stopped(cv: CrossValidation, number: int, run: Path, e: TrainingError | None) -> TrainingError:
+def _stopped(cv: CrossValidation, number: int, run: Path, e: TrainingError | None, signal_name: str = "SIGINT") -> TrainingError:
     """The error for a fold that ended early: an interruption says how to resume the whole cross-validation (not the
     fold alone, whose config names the whole dataset)."""
     interrupted = e is None or rd.read_run_json(run).get("status") == "interrupted"
@@ -295,8 +295,8 @@ def _stopped(cv: CrossValidation, number: int, run: Path, e: TrainingError | Non
     cv.write_state()
     finished = len(cv.folds)
     if interrupted:
-        return TrainingError(f"cross-validation interrupted in fold {number}/{cv.k} ({finished} fold(s) finished) — resume it with: "
-                             f"cnnlab train --resume {cv.root}")
+        return TrainingInterrupted(f"cross-validation interrupted in fold {number}/{cv.k} ({finished} fold(s) finished) — resume it"
+                                   f" with: cnnlab train --resume {cv.root}", getattr(e, "signal_name", signal_name))
     return TrainingError(f"fold {number}/{cv.k} ({run}): {e}")
 
 

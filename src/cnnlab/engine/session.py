@@ -20,7 +20,7 @@ from cnnlab.engine.checkpoint import load_checkpoint
 from cnnlab.engine.distributed import is_main_process
 from cnnlab.engine.run_dir import RunFolder, release
 from cnnlab.engine.trainer import TrainResult, fit
-from cnnlab.errors import CnnlabError, ModelError
+from cnnlab.errors import CnnlabError, ModelError, first_line
 from cnnlab.track import trackers_for
 
 # the dataset options a run records in its config and reloads its data with
@@ -198,19 +198,13 @@ def _check_model_fits(model: nn.Module, ds: Dataset, cfg: TrainConfig | None = N
     try:
         out, activations = memory.count_forward(model, torch.zeros(1, c, h, w), precision)
     except RuntimeError as e:
-        raise ModelError(f"model does not accept {h}x{w}x{c} images from {ds.spec} ({_first_line(e)}) — build it with"
+        raise ModelError(f"model does not accept {h}x{w}x{c} images from {ds.spec} ({first_line(e)}) — build it with"
                          " create_model(name, dataset)") from None
     expected = 1 if ds.num_classes == 2 else ds.num_classes
     if out.shape[1] not in (expected, ds.num_classes):
         raise ModelError(f"model has {out.shape[1]} outputs but the dataset has {ds.num_classes} classes — build it with create_model(name, dataset)")
     if cfg is not None:
         memory.check_training(model, activations, ds, cfg)
-
-
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's first line, whole words only (torch's messages run to paragraphs)."""
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0].strip()
-    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
 
 
 def _resume(run_dir: str | Path, quiet: bool, on_epoch_end: Callable[[dict], None] | None = None,
@@ -228,16 +222,16 @@ def _resume(run_dir: str | Path, quiet: bool, on_epoch_end: Callable[[dict], Non
         if not run.last_ckpt.is_file():  # killed or interrupted before its first checkpoint: say how to start it again
             raise CnnlabError(run.nothing_to_resume())
         state = load_checkpoint(run.path)  # its last.ckpt
-    except CnnlabError:
+        if took_over and not quiet:
+            print(took_over)
+        # the checkpoint's config, not config.yaml: resume continues exactly the state that was saved
+        cfg = config_from_dict(state["config"], source=str(run.last_ckpt)).validate()
+        ds = dataset_for_config(cfg)
+        model = model_for_config(cfg, ds)
+        callbacks = [*trackers_for(cfg, ds), *(callbacks or [])]
+    except BaseException:  # (a Ctrl-C while the data loads too) fit releases the folder from here on
         release(run.path)  # (a library caller's process goes on)
         raise
-    if took_over and not quiet:
-        print(took_over)
-    # the checkpoint's config, not config.yaml: resume continues exactly the state that was saved
-    cfg = config_from_dict(state["config"], source=str(run.last_ckpt)).validate()
-    ds = dataset_for_config(cfg)
-    model = model_for_config(cfg, ds)
-    callbacks = [*trackers_for(cfg, ds), *(callbacks or [])]
     result = fit(model, ds, cfg, resume_state=state, resume_dir=run.path, quiet=quiet, load_seconds=getattr(ds, "load_seconds", None),
                  on_epoch_end=on_epoch_end, callbacks=callbacks)
     return result, ds

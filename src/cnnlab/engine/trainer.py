@@ -13,6 +13,7 @@ engine/signals.py, the progress display in engine/progress.py, a pretrained mode
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +43,8 @@ from cnnlab.engine.optim import (balanced_sample_weights, build_optimizer, class
                                  train_loss, train_targets)
 from cnnlab.engine.progress import Progress
 from cnnlab.engine.schedule import LrSchedule
-from cnnlab.engine.signals import Interrupted, StopAtBoundary, StopRequests, handling
-from cnnlab.errors import CnnlabError, ConfigError, TrainingError
+from cnnlab.engine.signals import Interrupted, Signalled, StopAtBoundary, StopRequests, handling
+from cnnlab.errors import CnnlabError, ConfigError, TrainingError, TrainingInterrupted
 from cnnlab import plotting as plots
 from cnnlab.models._registry import set_test_scale
 
@@ -362,88 +363,89 @@ def fit(
         took_over = rd.RunFolder(run).claim()
         if took_over:
             progress.print(took_over)
-    h, w, c = dataset.image_shape
-    meta = model_metadata(model, dataset.class_names, (c, h, w), dataset=dataset.spec, resize=dataset.load_options.get("resize"))
-    norm = meta["normalization"]
-    reader = BatchReader(dataset.train)  # in memory: one uint8 tensor, indexed; streamed: worker processes decode batches ahead
-    y_train = torch.from_numpy(dataset.train.y)
-    n, k, steps = len(y_train), dataset.num_classes, math.ceil(len(y_train) / cfg.batch_size)
+    try:  # until fit returns or raises, whatever raises it: the folder is released (set-up errors included)
+        h, w, c = dataset.image_shape
+        meta = model_metadata(model, dataset.class_names, (c, h, w), dataset=dataset.spec, resize=dataset.load_options.get("resize"))
+        norm = meta["normalization"]
+        reader = BatchReader(dataset.train)  # in memory: one uint8 tensor, indexed; streamed: worker processes decode batches ahead
+        y_train = torch.from_numpy(dataset.train.y)
+        n, k, steps = len(y_train), dataset.num_classes, math.ceil(len(y_train) / cfg.batch_size)
 
-    # ---- model, optimizer, schedule. Pretrained: the first n_frozen epochs train the head on features computed once
-    # (engine/finetune.py); the LR schedule covers the unfrozen epochs after them, where the earliest layers stay frozen
-    n_frozen = (cfg.freeze_epochs or 0) if is_pretrained(model) else 0
-    if n_frozen < cfg.epochs and is_pretrained(model) and cfg.freeze_early:  # before DDP: it syncs only trainable parameters
-        finetune.freeze_early_layers(model)
-    model.to(device).train()
-    net = dist.wrap(model)  # DDP in a distributed run: its backward averages the gradients over ranks
-    optimizer = build_optimizer(model, cfg)
-    schedule = LrSchedule(cfg.schedule, max(1, cfg.epochs - n_frozen) * steps)
-    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
-    weights = loss_weights(cfg, y_train, dataset.class_names)
-    ctx = StepContext(model, optimizer, cfg, norm, device, precision, k, augmenter, ema=ema, dist=dist, net=net, run=run,
-                      weights=None if weights is None else weights.to(device),
-                      sample_weights=balanced_sample_weights(y_train, k) if cfg.balance == "sampler" else None)
+        # ---- model, optimizer, schedule. Pretrained: the first n_frozen epochs train the head on features computed once
+        # (engine/finetune.py); the LR schedule covers the unfrozen epochs after them, where the earliest layers stay frozen
+        n_frozen = (cfg.freeze_epochs or 0) if is_pretrained(model) else 0
+        if n_frozen < cfg.epochs and is_pretrained(model) and cfg.freeze_early:  # before DDP: it syncs only trainable parameters
+            finetune.freeze_early_layers(model)
+        model.to(device).train()
+        net = dist.wrap(model)  # DDP in a distributed run: its backward averages the gradients over ranks
+        optimizer = build_optimizer(model, cfg)
+        schedule = LrSchedule(cfg.schedule, max(1, cfg.epochs - n_frozen) * steps)
+        ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
+        weights = loss_weights(cfg, y_train, dataset.class_names)
+        ctx = StepContext(model, optimizer, cfg, norm, device, precision, k, augmenter, ema=ema, dist=dist, net=net, run=run,
+                          weights=None if weights is None else weights.to(device),
+                          sample_weights=balanced_sample_weights(y_train, k) if cfg.balance == "sampler" else None)
 
-    # ---- a new run writes its config and samples; a resumed one picks up its weights, position and history
-    run_info = run_outputs.run_info(cfg, dataset, device, precision, load_seconds, dist)
-    state = TrainState(planned_epochs=cfg.epochs, run_info=run_info)
-    if resume_state is not None:
-        state = restore_state(resume_state, model, optimizer, schedule, ema, dist, cfg.epochs, ctx.scaler)
-        run_info.update(state.run_info)
-        run_info["resumed"] = run_info.get("resumed", 0) + 1
-        state.run_info = run_info
-        progress.print(f"resuming {run} at epoch {state.epoch}, batch {state.step}/{steps}")
-    else:
-        seed_everything(cfg.seed + dist.rank, cfg.deterministic)  # per-rank streams (dropout); rank 0 = single process
+        # ---- a new run writes its config and samples; a resumed one picks up its weights, position and history
+        run_info = run_outputs.run_info(cfg, dataset, device, precision, load_seconds, dist)
+        state = TrainState(planned_epochs=cfg.epochs, run_info=run_info)
+        if resume_state is not None:
+            state = restore_state(resume_state, model, optimizer, schedule, ema, dist, cfg.epochs, ctx.scaler, source=run / "last.ckpt")
+            run_info.update(state.run_info)
+            run_info["resumed"] = run_info.get("resumed", 0) + 1
+            state.run_info = run_info
+            progress.print(f"resuming {run} at epoch {state.epoch}, batch {state.step}/{steps}")
+        else:
+            seed_everything(cfg.seed + dist.rank, cfg.deterministic)  # per-rank streams (dropout); rank 0 = single process
+            if main:
+                run_outputs.write_run_start(run, cfg, dataset)
         if main:
-            run_outputs.write_run_start(run, cfg, dataset)
-    if main:
-        rd.write_json(run / "run.json", run_info)
-        for note in ([f"streaming {n:,} training images from disk, {reader.workers} decoding worker process(es)"] if reader.streamed else []) + dataset.notes:
-            progress.print(note)
+            rd.write_json(run / "run.json", run_info)
+            for note in ([f"streaming {n:,} training images from disk, {reader.workers} decoding worker process(es)"] if reader.streamed else []) + dataset.notes:
+                progress.print(note)
 
-    n_test = len(dataset.splits["test"]) if "test" in dataset.splits else 0
-    budget = TimeBudget(cfg.time_budget, cfg.epochs, dist, started=fit_t0, used_before=(load_seconds or 0.0) + spent_seconds,
-                        spent_earlier=sum(r["seconds"] for r in state.history))  # a resumed run's earlier epochs count
-    view = RunView(model, cfg, run, main, state.epoch, state.step, state.history)
-    hooks = CallbackList(list(callbacks or []) + ([_EpochEndFunction(on_epoch_end)] if on_epoch_end is not None else []), view)
-    stops = StopRequests()  # SIGINT/SIGTERM only raise a flag: the loop stops at the next batch boundary and saves
-    loop = _Loop(ctx, cfg, dataset, reader, run, progress, schedule, state, budget, view, hooks, stops, n_frozen, steps, n_test,
-                 2 * len(tta_scales(model)) if cfg.tta else 1, CheckpointEvery(cfg.checkpoint_every, dist), state.step, weights)
+        n_test = len(dataset.splits["test"]) if "test" in dataset.splits else 0
+        budget = TimeBudget(cfg.time_budget, cfg.epochs, dist, started=fit_t0, used_before=(load_seconds or 0.0) + spent_seconds,
+                            spent_earlier=sum(r["seconds"] for r in state.history))  # a resumed run's earlier epochs count
+        view = RunView(model, cfg, run, main, state.epoch, state.step, state.history)
+        hooks = CallbackList(list(callbacks or []) + ([_EpochEndFunction(on_epoch_end)] if on_epoch_end is not None else []), view)
+        stops = StopRequests()  # SIGINT/SIGTERM only raise a flag: the loop stops at the next batch boundary and saves
+        loop = _Loop(ctx, cfg, dataset, reader, run, progress, schedule, state, budget, view, hooks, stops, n_frozen, steps, n_test,
+                     2 * len(tta_scales(model)) if cfg.tta else 1, CheckpointEvery(cfg.checkpoint_every, dist), state.step, weights)
 
-    stop_reason, finished = None, False
-    with handling(stops):  # ... and stay handled until the final files are written, so a run never ends half-written
-        try:
-            hooks("on_train_start")
-            if n_frozen and state.epoch <= n_frozen:  # pretrained: the head trains on the frozen backbone's features first
-                stop_reason = loop.frozen_phase()
-            stop_reason = view.stop_reason or stop_reason
-            while state.epoch <= state.planned_epochs and not stop_reason:  # the epochs: train, validate, re-plan, checkpoint
-                stop_reason = loop.epoch()
-            finished = True
-        except (Interrupted, KeyboardInterrupt, StopTraining, CnnlabError, RuntimeError) as e:
-            instead = loop.leave(e, run_info)  # saves what can be resumed and marks run.json
-            if instead is None:
-                raise
-            raise instead from None
-        finally:
-            if not finished:  # leaving with an error or a stop
+        stop_reason, finished = None, False
+        with handling(stops):  # ... and stay handled until the final files are written, so a run never ends half-written
+            try:
+                hooks("on_train_start")
+                if n_frozen and state.epoch <= n_frozen:  # pretrained: the head trains on the frozen backbone's features first
+                    stop_reason = loop.frozen_phase()
+                stop_reason = view.stop_reason or stop_reason
+                while state.epoch <= state.planned_epochs and not stop_reason:  # the epochs: train, validate, re-plan, checkpoint
+                    stop_reason = loop.epoch()
+                finished = True
+            except (Interrupted, KeyboardInterrupt, StopTraining, CnnlabError, RuntimeError) as e:
+                instead = loop.leave(e, run_info)  # saves what can be resumed and marks run.json
+                if instead is None:
+                    raise
+                raise instead from None
+            finally:
+                if not finished:  # leaving with an error or a stop
+                    dist.close()
+
+            # ---- finished: the test score, the model files, plots and run.json (a signal now is noted; the run completes)
+            stops.saving = True
+            try:
+                model = ema.module if ema else model
+                score = lambda m, split, tta=False: score_split(m, split, norm, device, precision, dist, tta=tta)  # noqa: E731
+                test = run_outputs.finish(model, dataset, cfg, run, meta, state, stop_reason, load_seconds, score, dist, progress)
+            finally:
                 dist.close()
-                rd.release(run)
-
-        # ---- finished: the test score, the model files, plots and run.json (a signal now is noted; the run completes)
-        stops.saving = True
-        try:
-            model = ema.module if ema else model
-            score = lambda m, split, tta=False: score_split(m, split, norm, device, precision, dist, tta=tta)  # noqa: E731
-            test = run_outputs.finish(model, dataset, cfg, run, meta, state, stop_reason, load_seconds, score, dist, progress)
-        finally:
-            dist.close()
-            rd.release(run)
-        hooks("on_train_end", test)
-    if stops:
-        progress.print(f"{stops.names[0]} arrived while the finished run was being written; the run completed first")
-    return TrainResult(run, model.eval(), meta, state.history, test)
+            hooks("on_train_end", test)
+        if stops and main:  # on stderr even with --quiet: the signal was not obeyed, and whoever sent it should know why
+            print(f"{stops.names[0]} arrived while the finished run was being written; the run completed first", file=sys.stderr)
+        return TrainResult(run, model.eval(), meta, state.history, test)
+    finally:
+        rd.release(run)
 
 
 @dataclass
@@ -643,12 +645,15 @@ def _epoch_row(epoch: int, stats: dict, optimizer, model: nn.Module, val, norm: 
     return row
 
 
-def _interrupted(e: BaseException, run: Path, dist: ddp.Context) -> TrainingError:
-    why = e.args[0] if isinstance(e, Interrupted) and e.args else "SIGINT"
+def _interrupted(e: BaseException, run: Path, dist: ddp.Context) -> TrainingInterrupted:
+    why = e.args[0] if isinstance(e, (Interrupted, Signalled)) and e.args else "SIGINT"
     if dist.is_main and not (run / "last.ckpt").exists():  # e.g. during a pretrained model's feature extraction
-        return TrainingError(f"training interrupted ({why}) before the first checkpoint — nothing to resume; start the run again"
-                             " (add --overwrite to reuse the run folder)")
-    return TrainingError(f"training interrupted ({why}); state saved in {run / 'last.ckpt'} — resume with: {dist.resume_command(run)}")
+        folder = rd.RunFolder(run)
+        again = (f"start the run again with: {folder.restart_command()}" if folder.config_yaml.is_file()
+                 else "start the run again (add --overwrite to reuse the run folder)")
+        return TrainingInterrupted(f"training interrupted ({why}) before the first checkpoint — nothing to resume; {again}", why)
+    return TrainingInterrupted(f"training interrupted ({why}); state saved in {run / 'last.ckpt'} — resume with: {dist.resume_command(run)}",
+                               why)
 
 
 def _frozen_phase(model: nn.Module, dataset: Dataset, norm: dict, device, precision: str, n_frozen: int,

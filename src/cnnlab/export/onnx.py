@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from cnnlab.engine.predictor import Classifier
-from cnnlab.errors import ModelError
+from cnnlab.errors import ModelError, first_line
 from cnnlab.export.checks import FP32_MAX_ABS_DIFF, check_fp32
 from cnnlab.export.runtime import INFO_KEY
 from cnnlab.export.runtime import sidecar_path as sidecar_path
@@ -131,8 +131,7 @@ def build_onnx_bytes(clf: Classifier, opset: int = DEFAULT_OPSET, label: str = "
                 dynamic_axes={INPUT_NAME: {0: "batch"}, **{o: {0: "batch"} for o in OUTPUT_NAMES}},
             )
     except Exception as e:  # an operator without an ONNX mapping at this opset, etc.
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{label}: model {clf.meta['model']!r} cannot be exported to ONNX opset {opset} ({first}) — try a newer --opset") from None
+        raise ModelError(f"{label}: model {clf.meta['model']!r} cannot be exported to ONNX opset {opset} ({first_line(e)}) — try a newer --opset") from None
     return _with_metadata(buf.getvalue(), clf)
 
 

@@ -12,6 +12,7 @@ import io
 import json
 from pathlib import Path
 
+from cnnlab.errors import first_line
 from cnnlab.export.errors import ExportError
 from cnnlab.export.runtime import INFO_KEY, OPENVINO_XML, require_openvino
 
@@ -22,8 +23,7 @@ def write_openvino_ir(onnx_bytes: bytes, folder: Path, info: dict, label: str = 
     try:
         model = ov.convert_model(io.BytesIO(onnx_bytes))
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{label}: OpenVINO cannot convert the model ({first})") from None
+        raise ExportError(f"{label}: OpenVINO cannot convert the model ({first_line(e)})") from None
     model.set_rt_info(json.dumps(info), [INFO_KEY])
     xml = folder / OPENVINO_XML
     ov.save_model(model, str(xml), compress_to_fp16=False)

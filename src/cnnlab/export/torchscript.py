@@ -16,6 +16,7 @@ import warnings
 import torch
 
 from cnnlab.engine.predictor import Classifier
+from cnnlab.errors import first_line
 from cnnlab.export.errors import ExportError
 from cnnlab.export.onnx import _Preprocessed
 from cnnlab.export.runtime import TORCHSCRIPT_INFO_FILE
@@ -33,6 +34,5 @@ def build_torchscript_bytes(clf: Classifier, info: dict, label: str = "model") -
             traced = torch.jit.trace(wrapped, (example,), check_trace=False)
             torch.jit.save(traced, buf, _extra_files={TORCHSCRIPT_INFO_FILE: json.dumps(info)})
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ExportError(f"{label}: model {clf.meta['model']!r} cannot be traced to TorchScript ({first})") from None
+        raise ExportError(f"{label}: model {clf.meta['model']!r} cannot be traced to TorchScript ({first_line(e)})") from None
     return buf.getvalue()

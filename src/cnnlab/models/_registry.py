@@ -32,6 +32,28 @@ class ModelEntry:
 _MODELS: dict[str, ModelEntry] = {}
 
 
+def _check_arg_types(name: str, entry: ModelEntry, model_args: dict) -> None:
+    """A model argument of the wrong kind (`--model-arg filters=abc`) named with what it takes, before the factory
+    turns it into Python's own words from deep inside the model."""
+    params = inspect.signature(entry.factory).parameters
+    for key, value in model_args.items():
+        default = params[key].default if key in params else inspect.Parameter.empty
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a name"
+        else:
+            continue
+        if not ok:
+            raise ModelError(f"model {name!r} argument {key}={value!r} is invalid — expected {kind} (default {default!r})")
+
+
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     """Register a model factory under its function name."""
     name = fn.__name__
@@ -93,6 +115,7 @@ def create_model(
     if unknown:
         hint = ", ".join(valid) if valid else "none"
         raise ModelError(f"model {name!r} has no argument {unknown[0]!r} — valid model arguments: {hint}")
+    _check_arg_types(name, entry, model_args)
     if num_classes < 2:
         raise ModelError(f"a classifier needs at least 2 classes, got {num_classes}")
     if train_size is not None and (isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 8):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from cnnlab.errors import first_line
 from cnnlab.models._registry import register_model
 from cnnlab.models.layers import head_outputs
 
@@ -105,7 +106,7 @@ def _build(layers: Any, shape: tuple[int, ...], prefix: str) -> tuple[list[nn.Mo
             with torch.no_grad():
                 out = m.eval()(torch.zeros(1, *shape))
         except (RuntimeError, ValueError) as e:
-            raise ValueError(f"{where} ({kind}): cannot take input of shape {shape} ({str(e).splitlines()[0][:100]})") from None
+            raise ValueError(f"{where} ({kind}): cannot take input of shape {shape} ({first_line(e, 100)})") from None
         if out.numel() == 0:
             raise ValueError(f"{where} ({kind}): input of shape {shape} is too small — the output would be empty")
         m.train()
@@ -163,7 +164,7 @@ def read_model_file(path: str | Path) -> list:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p.name}: not valid YAML/JSON ({str(e).splitlines()[0][:100]})") from None
+        raise ConfigError(f"{p.name}: not valid YAML/JSON ({first_line(e, 100)})") from None
     layers = data.get("layers") if isinstance(data, dict) else data
     if not isinstance(layers, list) or not layers:
         raise ConfigError(f"{p.name}: expected a `layers:` list (or a top-level list) of layers")
