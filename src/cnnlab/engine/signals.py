@@ -51,6 +51,7 @@ class StopRequests:
     def __call__(self, signum: int, frame: object) -> None:
         self.names.append(signal.Signals(signum).name)
         if len(self.names) > 1 and not self.saving:
+            self.saving = True  # leaving now: a third signal in a burst must not cut short the way out
             raise Interrupted(self.names[0])
 
     def __bool__(self) -> bool:
@@ -59,6 +60,7 @@ class StopRequests:
     def check(self) -> None:
         """Raise Interrupted if a stop was requested (call between units of work)."""
         if self.names:
+            self.saving = True
             raise Interrupted(self.names[0])
 
 

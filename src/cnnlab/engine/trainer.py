@@ -278,6 +278,7 @@ def train_one_epoch(ctx: StepContext, reader: BatchReader, state: TrainState, st
             if first:  # between optimizer steps nothing is pending: the state here resumes exactly
                 stop = ctx.dist.stop_reason(stops.names)  # distributed: a signal on any rank stops every rank here
                 if stop:
+                    stops.saving = True  # from here on the way out: further signals in a burst are noted, not raised
                     raise StopAtBoundary(stop)
                 set_lr(ctx.optimizer, cfg.lr, lr_factor(step))  # the schedule is a pure function of the global step
                 ctx.optimizer.zero_grad(set_to_none=True)
