@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cnnlab.cli._common import add_field_options
 from cnnlab.config import CHANNELS, DEFAULT_CHANNELS, DEFAULT_IMAGE_SIZE, DEFAULT_NUM_CLASSES, TrainConfig
-from cnnlab.errors import ConfigError
+from cnnlab.errors import ConfigError, first_line
 
 
 def register(sub) -> None:
@@ -41,7 +41,8 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="table of configs and final metrics of runs, overlaid curves (PNG + HTML)")
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders; a cross-validation folder (train --folds K) stands for its K fold runs")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders, in the order the table and figure show them; a cross-validation"
+                   " folder (train --folds K) stands for its K fold runs, a tune folder (tune --out DIR) for its best trial")
     p.add_argument("--out", metavar="DIR", default="compare", help="where compare.png and compare.html go (default: compare/)")
     p.add_argument("--json", action="store_true", help="print one JSON object (schema: docs/insight.md)")
     p.set_defaults(func=cmd_compare)
@@ -80,7 +81,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     try:
         s = summarize(model, shape)
     except RuntimeError as e:
-        raise ConfigError(f"{args.run or args.model} does not run on {shape[1]}x{shape[2]}x{shape[0]} input ({str(e).splitlines()[0][:120]}) — try another --image-size") from None
+        raise ConfigError(f"{args.run or args.model} does not run on {shape[1]}x{shape[2]}x{shape[0]} input ({first_line(e, 120)}) — try another --image-size") from None
     if args.json:
         print(json.dumps(s))
     else:
@@ -121,9 +122,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     header, rows = C.table_rows(result)
     t = Table(title="runs")
     for h in header:
-        t.add_column(h, justify="left" if h in ("run", "model") else "right")
+        t.add_column(h, justify="left" if h in ("run", "model", "setup") else "right")
     for r in rows:
         t.add_row(*r)
-    Console(width=160).print(t)
+    Console(width=200).print(t)  # wide enough for a setup column; a narrower table takes only what it needs
     print(f"saved {png} and {page}")
     return 0
