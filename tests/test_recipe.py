@@ -195,3 +195,19 @@ def test_lr_find_suggests_an_lr_and_saves_a_plot(cli, data, tmp_path):
     assert res["lrs"] == sorted(res["lrs"]) and out.stat().st_size > 1000
     r = cli("lr-find", "--data", data, "--start-lr", "1", "--end-lr", "0.1", "--out", out)
     assert r.code == 2 and "--start-lr" in r.err
+
+
+def test_lr_find_suggestion_ignores_the_noise_of_the_first_batches():
+    """A curve like the cats/dogs photos' (flat and noisy to 1e-5, falling to a minimum at ~1e-2, then diverging):
+    the suggestion is a tenth of the minimum's LR, not the first LR, whose noise looks like the steepest fall."""
+    from cnnlab.engine.lr_find import _steepest
+
+    lrs = np.logspace(-6, 0, 100)
+    x = np.log10(lrs)
+    loss = np.where(x < -5, 0.7, np.where(x < -2, 0.7 - 0.4 * (x + 5) / 3, 0.3 + 3 * (x + 2) ** 2))
+    loss = loss + np.random.default_rng(0).normal(0, 0.01, 100)
+    loss[:2] = (0.72, 0.60)  # the first batches: a steep, meaningless drop
+    stop = int(np.argmin(loss)) + 5  # the test ends soon after the minimum (divergence)
+    suggested = _steepest(list(lrs[:stop]), list(loss[:stop]))
+    assert suggested == pytest.approx(lrs[int(np.argmin(loss))] / 10)
+    assert 3e-4 < suggested < 3e-3
