@@ -195,3 +195,18 @@ def test_evaluate_and_predict_with_flip_tta_match_a_hand_computation(cli, traine
     Image.fromarray((x[0] * 255).round().astype(np.uint8)).save(tmp_path / "one.png")
     pred = json.loads(cli("predict", run, tmp_path / "one.png", "--json", "--tta").out)[0]
     assert pred["probability"] == pytest.approx(max(p1[0], 1 - p1[0]), abs=1e-5)
+
+
+def test_output_piped_into_a_reader_that_leaves_early_is_not_an_error(trained_run):
+    """`cnnlab predict RUN FOLDER | head -1`: the reader closes the pipe after one line; cnnlab stops quietly with
+    128 + SIGPIPE, as `cat` does, instead of an "internal error: BrokenPipeError"."""
+    import subprocess
+    import sys
+
+    run, data = trained_run
+    p = subprocess.Popen([sys.executable, "-m", "cnnlab", "predict", str(run), "--data", str(data), "--random", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader is gone before the first line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert "internal error" not in err and "Traceback" not in err and "Exception ignored" not in err, err

@@ -205,6 +205,12 @@ def run(handler, args: argparse.Namespace) -> int:
     except CnnlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `cnnlab predict … | head`: the reader left; nothing more to say (as `cat` and `ls` behave)
+        try:
+            sys.stdout = open(os.devnull, "w")  # the interpreter's final flush of the closed pipe must not complain either
+        except OSError:
+            pass
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
     except KeyboardInterrupt as e:
         name, number = e.args if len(e.args) == 2 and isinstance(e.args[1], int) else ("", 2)  # engine.signals.Signalled
         print(f"interrupted ({name})" if name else "interrupted", file=sys.stderr)
