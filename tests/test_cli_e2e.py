@@ -197,7 +197,7 @@ def test_evaluate_and_predict_with_flip_tta_match_a_hand_computation(cli, traine
     assert pred["probability"] == pytest.approx(max(p1[0], 1 - p1[0]), abs=1e-5)
 
 
-def test_output_piped_into_a_reader_that_leaves_early_is_not_an_error(trained_run):
+def test_output_piped_into_a_reader_that_leaves_early_is_not_an_error(trained_run, tmp_path):
     """`cnnlab predict RUN FOLDER | head -1`: the reader closes the pipe after one line; cnnlab stops quietly with
     128 + SIGPIPE, as `cat` does, instead of an "internal error: BrokenPipeError"."""
     import subprocess
@@ -205,7 +205,7 @@ def test_output_piped_into_a_reader_that_leaves_early_is_not_an_error(trained_ru
 
     run, data = trained_run
     p = subprocess.Popen([sys.executable, "-m", "cnnlab", "predict", str(run), "--data", str(data), "--random", "--json"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)  # (--random also saves prediction.png here)
     p.stdout.close()  # the reader is gone before the first line
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141, err
