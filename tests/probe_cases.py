@@ -394,7 +394,6 @@ CASES: list[Case] = [
          r"model 'seed_cnn' has no argument 'depth' — valid model arguments: filters, hidden"),
     Case("cli-model-arg-type", "cli", "--model-arg filters=abc", f"train --data {SHAPES} --model seed_cnn --model-arg filters=abc {TINY}", 2,
          r"filters.*'abc'.*(whole number|integer)"),
-
     Case("cli-aug-arg-unknown", "cli", "--aug-arg wobble=3", f"train --data {SHAPES} --aug-arg wobble=3 {TINY}", 2,
          r"unknown augmentation op 'wobble' — valid ops: hflip, vflip"),
     Case("cli-config-missing", "cli", "--config names no file", "train --config nope.yaml", 2,

@@ -22,22 +22,28 @@ from test_errors import assert_clean_error
 
 
 @contextmanager
-def live_server(app):
-    """Run `app` under uvicorn on 127.0.0.1 (free port) in a thread; yields the base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
+def running(server: uvicorn.Server, **run_kwargs):
+    """`server.run(**run_kwargs)` in a thread, started (polled, never timed) until the block ends."""
+    thread = threading.Thread(target=server.run, kwargs=run_kwargs, daemon=True)
     thread.start()
-    for _ in range(600):  # start-up is polled, never timed
+    for _ in range(600):
         if server.started or not thread.is_alive():
             break
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+@contextmanager
+def live_server(app):
+    """Run `app` under uvicorn on 127.0.0.1 (free port) in a thread; yields the base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    with running(server):
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
 def png_bytes(img: np.ndarray, fmt: str = "PNG") -> bytes:

@@ -24,7 +24,7 @@ from cnnlab.serve.app import ServeConfig, create_app
 from cnnlab.serve.connections import MAX_HEADER_BYTES, bind_listener, listen_url, uvicorn_config
 from conftest import two_class_images
 from test_errors import assert_clean_error
-from test_serve import png_bytes
+from test_serve import png_bytes, running
 
 HEADER_S, KEEP_ALIVE_S, MAX_CONNECTIONS = 0.6, 0.4, 6
 SLACK_S = 2.5  # a loaded 2-core machine may run the timer late, never early
@@ -36,19 +36,10 @@ def guarded_server(app, cfg: ServeConfig, http: str = "auto"):
     config = uvicorn_config(app, cfg.header_timeout_s, cfg.keep_alive_timeout_s, cfg.max_connections, http=http)
     sock = bind_listener("127.0.0.1", 0)
     listen_url(sock)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    for _ in range(600):  # start-up is polled, never timed
-        if server.started or not thread.is_alive():
-            break
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
     try:
-        yield sock.getsockname()[:2]
+        with running(uvicorn.Server(config), sockets=[sock]):
+            yield sock.getsockname()[:2]
     finally:
-        server.should_exit = True
-        thread.join(30)
         sock.close()
 
 

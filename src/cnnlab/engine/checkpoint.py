@@ -17,6 +17,7 @@ import torch
 
 from cnnlab.engine.distributed import Context, is_main_process
 from cnnlab.engine.io import as_os_error, atomic_path
+from cnnlab.engine.model_file import tensor_differences
 from cnnlab.engine.run_dir import RunFolder
 from cnnlab.config import parse_checkpoint_every
 from cnnlab.errors import CnnlabError
@@ -68,7 +69,7 @@ def restore_state(ckpt: dict[str, Any], model, optimizer, schedule, ema, dist: C
     """Load a checkpoint (read from `source`) into the training objects (and this rank's RNG); returns the run's
     position and history. Weights that do not fit the model (another architecture's checkpoint, an edited
     config.yaml) are an error naming the first difference, before anything is loaded."""
-    problem = _mismatch(model.state_dict(), ckpt.get("model") or {})
+    problem = tensor_differences(model.state_dict(), ckpt.get("model") or {})
     if problem:
         where = source or Path("last.ckpt")
         raise CnnlabError(f"{where}: its weights do not fit the run's model ({problem}) — the checkpoint belongs to another run or"
@@ -92,21 +93,6 @@ def restore_state(ckpt: dict[str, Any], model, optimizer, schedule, ema, dist: C
     if ckpt.get("best"):
         state.best = dict(ckpt["best"])
     return state
-
-
-def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str | None:
-    """The first way the tensors `found` differ from the model's `expected` ones, in words (None: they fit)."""
-    missing = [k for k in expected if k not in found]
-    if missing:
-        return f"{len(missing)} tensor(s) missing, first {missing[0]}"
-    extra = [k for k in found if k not in expected]
-    if extra:
-        return f"{len(extra)} tensor(s) the model does not have, first {extra[0]}"
-    for k, t in expected.items():
-        shape = tuple(getattr(found[k], "shape", ()))
-        if shape != tuple(t.shape):
-            return f"{k} is {list(shape)} in the checkpoint, {list(t.shape)} in the model"
-    return None
 
 
 class CheckpointEvery:

@@ -214,6 +214,14 @@ def weights_problem(model: nn.Module, found: dict[str, torch.Tensor], n_classes:
         return (f"its output layer ({head}) has {found[head_weight].shape[0]} outputs, but class_names in the metadata lists {n_classes}"
                 f" classes{f' (which take {needs})' if needs != n_classes else ''} — the class names were edited or belong to other"
                 " weights; restore the original file or retrain the model")
+    return tensor_differences(expected, found) + " — the metadata describes another model than these weights; re-export or retrain it"
+
+
+def tensor_differences(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str | None:
+    """How the tensors `found` (a file's) differ from a model's `expected` state dict, in words (None: they fit)."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    reshaped = [k for k in expected if k in found and tuple(found[k].shape) != tuple(expected[k].shape)]
     parts = []
     if missing:
         parts.append(f"{len(missing)} tensor(s) the architecture needs are missing (first: {missing[0]})")
@@ -222,5 +230,5 @@ def weights_problem(model: nn.Module, found: dict[str, torch.Tensor], n_classes:
     if reshaped:
         k = reshaped[0]
         parts.append(f"{len(reshaped)} tensor(s) have other shapes (first: {k} is {_shape(found[k])} in the file, {_shape(expected[k])} in the architecture)")
-    return "; ".join(parts) + " — the metadata describes another model than these weights; re-export or retrain it"
+    return "; ".join(parts) or None
 
